@@ -1,0 +1,73 @@
+// swift-tools-version:6.1
+// ShmRing: shared-memory messaging for Linux. See docs/architecture.md for the layers and what may
+// import what.
+import PackageDescription
+
+let package = Package(
+    name: "ShmRing",
+    products: [
+        .library(name: "ShmRing", targets: ["ShmRing"]),
+        .executable(name: "shmring", targets: ["shmring"]),
+        .executable(name: "shmring-test-peer", targets: ["ShmRingTestPeer"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        // Layer 0: C. Header-only C11 atomics over raw pointers (Swift cannot import _Atomic).
+        .target(name: "CShmAtomics"),
+        // liburing, found through pkg-config; Debian's liburing-dev provides it.
+        .systemLibrary(
+            name: "CLibURing",
+            pkgConfig: "liburing",
+            providers: [.apt(["liburing-dev"])]
+        ),
+        // Layer 0: C. memfd and seals, SCM_RIGHTS, credentials, pidfd, futex, the robust mutex and
+        // an opaque io_uring wrapper (<liburing.h> is included by .c files only).
+        .target(
+            name: "CShmLinux",
+            dependencies: ["CLibURing"],
+            cSettings: [.define("_GNU_SOURCE")]
+        ),
+        // Layer 1: the Swift library.
+        .target(
+            name: "ShmRing",
+            dependencies: [
+                "CShmAtomics",
+                "CShmLinux",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // Layer 2: the command-line tool.
+        .executableTarget(
+            name: "shmring",
+            dependencies: [
+                "ShmRing",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // The process that multi-process tests spawn (docs/testing.md).
+        .executableTarget(
+            name: "ShmRingTestPeer",
+            dependencies: [
+                "ShmRing",
+                "CShmAtomics",
+                "CShmLinux",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .testTarget(
+            name: "ShmRingTests",
+            dependencies: [
+                "ShmRing",
+                "ShmRingTestPeer",
+                "CShmAtomics",
+                "CShmLinux",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

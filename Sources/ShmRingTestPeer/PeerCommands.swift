@@ -1,0 +1,83 @@
+import CShmAtomics
+import CShmLinux
+import ShmRing
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The scenarios a test can ask of a peer.
+enum PeerCommands {
+    static let all: [String: @Sendable (PeerOptions) throws -> Void] = [
+        "lock-increment": lockIncrement,
+        "lock-hold": lockHold,
+        "lock-once": lockOnce,
+        "segment-create": segmentCreate,
+        "store-buffering": StoreBuffering.run,
+    ]
+
+    /// `--lock-fd N --data-fd M --count K`: K increments of the UInt64 at offset 0 of the data
+    /// segment, each a separate load and store under the lock (a lost update shows as a short
+    /// total).
+    static func lockIncrement(_ options: PeerOptions) throws {
+        let lock = try RobustLock.attach(descriptor: options.descriptor("lock-fd"))
+        let data = try Segment.attach(descriptor: options.descriptor("data-fd"), size: 8, access: .readWrite)
+        let counter = data.baseAddress!.assumingMemoryBound(to: UInt64.self)
+        let count = options.int("count")
+        PeerRuntime.ready("attached")
+        for _ in 0..<count {
+            _ = try lock.lock()
+            // Plain accesses: only the lock orders them (its acquire and release are the
+            // partners), which is what this test checks.
+            let value = counter.pointee
+            CShmAtomics_compiler_barrier()
+            counter.pointee = value &+ 1
+            try lock.unlock()
+        }
+        PeerRuntime.report("done=\(count)")
+    }
+
+    /// `--lock-fd N`: takes the lock, reports the outcome, says "locked" and waits to be killed.
+    static func lockHold(_ options: PeerOptions) throws {
+        let lock = try RobustLock.attach(descriptor: options.descriptor("lock-fd"))
+        let outcome = try lock.lock()
+        PeerRuntime.report("outcome=\(outcome)")
+        PeerRuntime.ready("locked")
+        PeerRuntime.parkForever()
+    }
+
+    /// `--lock-fd N [--repair 1]`: locks once, reports the outcome, optionally marks the data
+    /// repaired, unlocks.
+    static func lockOnce(_ options: PeerOptions) throws {
+        let lock = try RobustLock.attach(descriptor: options.descriptor("lock-fd"))
+        let outcome = try lock.lock()
+        PeerRuntime.report("outcome=\(outcome)")
+        if options.int("repair", default: 0) == 1 { try lock.markRepaired() }
+        try lock.unlock()
+    }
+
+    /// `--size BYTES [--fsize-limit BYTES]`: creates a segment, under RLIMIT_FSIZE if given
+    /// (SIGXFSZ ignored, so the limit is an EFBIG error rather than a killed process), and reports
+    /// `created=SIZE` or `error=...` with `errno=N` for a system call failure.
+    static func segmentCreate(_ options: PeerOptions) throws {
+        let limit = options.int("fsize-limit", default: -1)
+        if limit >= 0 {
+            signal(SIGXFSZ, SIG_IGN)
+            var rlim = rlimit(rlim_cur: rlim_t(limit), rlim_max: rlim_t(limit))
+            guard setrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &rlim) == 0 else {
+                PeerRuntime.fail("setrlimit(RLIMIT_FSIZE): errno \(errno)")
+            }
+        }
+        do {
+            let segment = try Segment.create(name: "peer-segment", size: options.int("size"))
+            PeerRuntime.report("created=\(segment.size)")
+        } catch {
+            PeerRuntime.report("error=\(error)")
+            if case .system(let system) = error {
+                PeerRuntime.report("syscall=\(system.syscall)")
+                PeerRuntime.report("errno=\(system.errno.rawValue)")
+            }
+        }
+    }
+}

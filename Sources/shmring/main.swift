@@ -1,0 +1,2 @@
+import ShmRing
+print(ShmRingVersion.current)
