@@ -1,2 +1,0 @@
-import ShmRing
-print(ShmRingVersion.current)
