@@ -15,6 +15,7 @@ enum PeerCommands {
         "lock-once": lockOnce,
         "segment-create": segmentCreate,
         "store-buffering": StoreBuffering.run,
+        "receive-descriptors": receiveDescriptors,
     ]
 
     /// `--lock-fd N --data-fd M --count K`: K increments of the UInt64 at offset 0 of the data
@@ -78,6 +79,25 @@ enum PeerCommands {
                 PeerRuntime.report("syscall=\(system.syscall)")
                 PeerRuntime.report("errno=\(system.errno.rawValue)")
             }
+        }
+    }
+
+    /// `--socket-fd N --maximum K [--nofile-limit L]`: lowers RLIMIT_NOFILE to L, receives one
+    /// message with up to K descriptors, and reports `received=COUNT` or `error=...`.
+    static func receiveDescriptors(_ options: PeerOptions) throws {
+        let limit = options.int("nofile-limit", default: -1)
+        if limit >= 0 {
+            var rlim = rlimit(rlim_cur: rlim_t(limit), rlim_max: rlim_t(limit))
+            guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &rlim) == 0 else {
+                PeerRuntime.fail("setrlimit(RLIMIT_NOFILE): errno \(errno)")
+            }
+        }
+        do {
+            let message = try DescriptorPassing.receive(
+                on: options.descriptor("socket-fd"), capacity: 64, maximumDescriptors: options.int("maximum"))
+            PeerRuntime.report("received=\(message.descriptors.count)")
+        } catch {
+            PeerRuntime.report("error=\(error)")
         }
     }
 }

@@ -17,15 +17,17 @@ enum PeerRuntime {
         var thread = pthread_t()
         let box = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
         box.pointee = fd
-        pthread_create(&thread, nil, { argument in
-            let fd = argument!.assumingMemoryBound(to: Int32.self).pointee
-            var byte: UInt8 = 0
-            while true {
-                let n = read(fd, &byte, 1)
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { _exit(70) }
-            }
-        }, box)
+        pthread_create(
+            &thread, nil,
+            { argument in
+                let fd = argument!.assumingMemoryBound(to: Int32.self).pointee
+                var byte: UInt8 = 0
+                while true {
+                    let n = read(fd, &byte, 1)
+                    if n < 0 && errno == EINTR { continue }
+                    if n <= 0 { _exit(70) }
+                }
+            }, box)
         pthread_detach(thread)
     }
 

@@ -101,11 +101,13 @@ func spawnThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
     }
     let box = Unmanaged.passRetained(Box(body)).toOpaque()
     var thread = pthread_t()
-    let rc = pthread_create(&thread, nil, { argument in
-        let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
-        box.body()
-        return nil
-    }, box)
+    let rc = pthread_create(
+        &thread, nil,
+        { argument in
+            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+            box.body()
+            return nil
+        }, box)
     guard rc == 0 else { PeerRuntime.fail("pthread_create: \(rc)") }
     return thread
 }

@@ -47,7 +47,9 @@ struct Demo: ParsableCommand {
 
         init?(_ bytes: [UInt8]) {
             guard bytes.count == 16 else { return nil }
-            let words = bytes.withUnsafeBytes { ($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) }
+            let words = bytes.withUnsafeBytes {
+                ($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+            }
             self.init(segmentSize: UInt64(littleEndian: words.0), count: UInt64(littleEndian: words.1))
         }
     }

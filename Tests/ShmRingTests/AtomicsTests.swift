@@ -48,7 +48,8 @@ extension MultiProcess {
             let results = peer.results
             #expect(results["iterations"] == "\(Self.iterations)")
             let bothOld = try #require(results["both_old"].flatMap(Int.init))
-            print("store-buffering, fence \(fence): \(bothOld) of \(Self.iterations) rounds both loads saw the old value")
+            print(
+                "store-buffering, fence \(fence): \(bothOld) of \(Self.iterations) rounds both loads saw the old value")
             return bothOld
         }
 

@@ -106,3 +106,26 @@ import Glibc
         return count
     }
 }
+
+extension MultiProcess {
+    @Suite struct DescriptorLimitTests {
+        /// A receiver whose descriptor table is full gets MSG_CTRUNC: a typed error, and the
+        /// descriptors that did arrive are closed (the peer reports, then exits normally).
+        @Test func aFullDescriptorTableIsDetectedOnReceive() throws {
+            let (left, right) = try makeSocketPair()
+            defer { left.closeIgnoringErrors() }
+            let peer = try ChildProcess(
+                TestPeer.debug,
+                [
+                    "receive-descriptors", "--socket-fd", "\(ChildProcess.childDescriptor(0))", "--maximum", "64",
+                    "--nofile-limit", "16",
+                ],
+                inheriting: [right])
+            right.closeIgnoringErrors()
+            try DescriptorPassing.send([1], descriptors: Array(repeating: left, count: 40), on: left)
+            #expect(peer.wait() == .exited(0), "\(peer.standardError)")
+            let error = try #require(peer.results["error"])
+            #expect(error.hasPrefix("descriptors truncated"), "\(error)")
+        }
+    }
+}

@@ -12,11 +12,13 @@ func onAnotherThread<R: Sendable>(_ body: @escaping @Sendable () -> R) -> R {
     let box = ThreadBox(body)
     var thread = pthread_t()
     let context = Unmanaged.passRetained(box as AnyObject).toOpaque()
-    pthread_create(&thread, nil, { argument in
-        let box = Unmanaged<AnyObject>.fromOpaque(argument!).takeRetainedValue() as! any ThreadRunnable
-        box.run()
-        return nil
-    }, context)
+    pthread_create(
+        &thread, nil,
+        { argument in
+            let box = Unmanaged<AnyObject>.fromOpaque(argument!).takeRetainedValue() as! any ThreadRunnable
+            box.run()
+            return nil
+        }, context)
     pthread_join(thread, nil)
     return box.result!
 }

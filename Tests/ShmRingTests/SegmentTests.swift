@@ -95,7 +95,8 @@ import Glibc
         #expect(budget.available > 0)
         // Twice what is available, but within the size limit: refused by the check, so the
         // kernel never gets the chance to OOM-kill us.
-        let size = min(Segment.maximumSize, max(budget.available, 1 << 30).multipliedReportingOverflow(by: 2).partialValue)
+        let size = min(
+            Segment.maximumSize, max(budget.available, 1 << 30).multipliedReportingOverflow(by: 2).partialValue)
         #expect {
             try Segment.create(name: "test", size: size)
         } throws: { error in

@@ -96,7 +96,8 @@ package struct MemoryBudget: Sendable, Equatable {
         var components = path.split(separator: "/").map(String.init)
         while true {
             let directory = ([mount.mountPoint] + components).joined(separator: "/")
-            if let limit = readNumber("\(directory)/\(limitFile)"), let usage = readNumber("\(directory)/\(usageFile)") {
+            if let limit = readNumber("\(directory)/\(limitFile)"), let usage = readNumber("\(directory)/\(usageFile)")
+            {
                 results.append(
                     MemoryBudget(available: max(0, limit - min(usage, limit)), source: "\(directory)/\(limitFile)"))
             }

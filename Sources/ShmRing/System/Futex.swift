@@ -33,7 +33,8 @@ package enum Futex {
             spec.tv_sec = Int(max(0, seconds))
             spec.tv_nsec = seconds < 0 ? 0 : Int(attoseconds / 1_000_000_000)
         }
-        let rc = timeout == nil
+        let rc =
+            timeout == nil
             ? CShmLinux_futex_wait(word, expected, nil, false)
             : CShmLinux_futex_wait(word, expected, &spec, false)
         if rc == 0 { return .woken }

@@ -201,7 +201,8 @@ final class ChildProcess {
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else {
                 Issue.record(
-                    "\(command) ended before saying \"\(line)\"; stderr: \(standardError)", sourceLocation: sourceLocation)
+                    "\(command) ended before saying \"\(line)\"; stderr: \(standardError)",
+                    sourceLocation: sourceLocation)
                 return false
             }
             readyBuffer += chunk[0..<n]
@@ -228,7 +229,8 @@ final class ChildProcess {
         let deadline = ContinuousClock.now + timeout
         while true {
             let remaining = deadline - ContinuousClock.now
-            let milliseconds = max(0, remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000)
+            let milliseconds = max(
+                0, remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000)
             var entry = pollfd(fd: descriptor.rawValue, events: Int16(POLLIN), revents: 0)
             let rc = Glibc.poll(&entry, 1, Int32(min(milliseconds, Int64(Int32.max))))
             if rc < 0 && errno == EINTR { continue }
