@@ -51,23 +51,23 @@ import Glibc
     @Test func moreDescriptorsThanExpectedIsDetectedAndNothingLeaks() throws {
         let (left, right) = try makeSocketPair()
         defer { left.closeIgnoringErrors(); right.closeIgnoringErrors() }
-        let before = openDescriptorCount()
-        try DescriptorPassing.send([7], descriptors: [left, left, left], on: left)
+        let marker = try Segment.create(name: "marker-\(UInt64.random(in: 0...UInt64.max))", size: 1)
+        try DescriptorPassing.send([7], descriptors: Array(repeating: marker.descriptor, count: 3), on: left)
         #expect(throws: ReceiveError.descriptorsTruncated(received: 1, maximum: 1)) {
             try DescriptorPassing.receive(on: right, capacity: 16, maximumDescriptors: 1)
         }
-        #expect(openDescriptorCount() == before, "the descriptor that did arrive was closed")
+        #expect(descriptorsOpen(on: marker) == 1, "the descriptor that did arrive was closed")
     }
 
     @Test func aLongerPayloadIsDetected() throws {
         let (left, right) = try makeSocketPair()
         defer { left.closeIgnoringErrors(); right.closeIgnoringErrors() }
-        let before = openDescriptorCount()
-        try DescriptorPassing.send([UInt8](repeating: 9, count: 100), descriptors: [left], on: left)
+        let marker = try Segment.create(name: "marker-\(UInt64.random(in: 0...UInt64.max))", size: 1)
+        try DescriptorPassing.send([UInt8](repeating: 9, count: 100), descriptors: [marker.descriptor], on: left)
         #expect(throws: ReceiveError.payloadTruncated(length: 10, capacity: 10)) {
             try DescriptorPassing.receive(on: right, capacity: 10, maximumDescriptors: 4)
         }
-        #expect(openDescriptorCount() == before)
+        #expect(descriptorsOpen(on: marker) == 1, "the descriptor that did arrive was closed")
     }
 
     @Test func aVanishedPeerIsAnErrorNotASignal() throws {
@@ -98,11 +98,23 @@ import Glibc
         #expect(pidFD.rawValue >= 0)
     }
 
-    func openDescriptorCount() -> Int {
-        guard let directory = opendir("/proc/self/fd") else { return -1 }
+    /// How many descriptors of this process refer to `segment`'s memfd (found by its unique name,
+    /// so that tests running in parallel do not disturb the count).
+    func descriptorsOpen(on segment: Segment) -> Int {
+        var target = [CChar](repeating: 0, count: 4096)
+        let own = readlink("/proc/self/fd/\(segment.descriptor.rawValue)", &target, target.count - 1)
+        guard own > 0, let directory = opendir("/proc/self/fd") else { return -1 }
         defer { closedir(directory) }
+        let name = String(decoding: target[0..<own].map { UInt8(bitPattern: $0) }, as: UTF8.self)
         var count = 0
-        while readdir(directory) != nil { count += 1 }
+        while let entry = readdir(directory) {
+            let fd = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            var link = [CChar](repeating: 0, count: 4096)
+            let n = readlink("/proc/self/fd/\(fd)", &link, link.count - 1)
+            if n > 0, String(decoding: link[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == name { count += 1 }
+        }
         return count
     }
 }
