@@ -152,6 +152,8 @@ int CShmLinux_pidfd_send_signal(int pidfd, int signal) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0);
 }
 
+int CShmLinux_accept4(int socket, int flags) { return accept4(socket, NULL, NULL, flags); }
+
 int CShmLinux_eventfd(unsigned int initial, int flags) { return eventfd(initial, flags); }
 
 pid_t CShmLinux_gettid(void) { return (pid_t)syscall(SYS_gettid); }

@@ -16,6 +16,8 @@ enum PeerCommands {
         "segment-create": segmentCreate,
         "store-buffering": StoreBuffering.run,
         "receive-descriptors": receiveDescriptors,
+        "shm-create": SharedMemoryCommands.create,
+        "shm-attach": SharedMemoryCommands.attach,
     ]
 
     /// `--lock-fd N --data-fd M --count K`: K increments of the UInt64 at offset 0 of the data

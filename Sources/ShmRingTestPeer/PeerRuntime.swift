@@ -86,5 +86,7 @@ struct PeerOptions {
         values[name] == nil ? fallback : int(name)
     }
 
+    func has(_ name: String) -> Bool { values[name] != nil }
+
     func descriptor(_ name: String) -> FileDescriptor { FileDescriptor(rawValue: Int32(int(name))) }
 }

@@ -86,6 +86,8 @@ int CShmLinux_peer_pidfd(int socket);
 int CShmLinux_pidfd_open(pid_t pid, unsigned int flags);
 /// `pidfd_send_signal(pidfd, signal, NULL, 0)`.
 int CShmLinux_pidfd_send_signal(int pidfd, int signal);
+/// `accept4(socket, NULL, NULL, flags)`.
+int CShmLinux_accept4(int socket, int flags);
 /// `eventfd(initial, flags)`.
 int CShmLinux_eventfd(unsigned int initial, int flags);
 /// `gettid()`.

@@ -1,0 +1,396 @@
+import CShmAtomics
+import CShmLinux
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The creator's side of the rendezvous: a thread serving one key on a `SOCK_SEQPACKET` socket.
+///
+/// One request per connection. The thread accepts, reads the request, checks nothing itself but
+/// the protocol and hands the request with the client's kernel-recorded credentials to the
+/// `handler` (which applies the access policy), sends the reply and the descriptors, and keeps the
+/// connection open as the liveness channel when the handler says so. It is built to survive
+/// hostile clients (docs/rendezvous.md):
+/// - a client that sends nothing is dropped after `handshakeTimeout`;
+/// - garbage, oversized or truncated requests get a `badRequest` reply and are dropped;
+/// - a client that vanishes mid-handshake costs an EPIPE/ECONNRESET (`MSG_NOSIGNAL`: no SIGPIPE);
+/// - at most `maximumPendingConnections` handshakes at once; more are closed at accept;
+/// - a full descriptor table (EMFILE, ENFILE) makes the listening socket readable forever: the
+///   server stops polling it for `acceptBackoff` instead of spinning.
+/// All sockets are non-blocking, so no client can stall the thread.
+package final class RendezvousServer: @unchecked Sendable {
+    // @unchecked Sendable: the thread owns all connection state; other threads only read the
+    // counters (atomics) and call `stop()`, which synchronises through the eventfd and pthread_join.
+
+    /// What the handler answers.
+    package struct Response {
+        package var reply: RendezvousProtocol.Reply
+        /// Sent with the reply; stay owned by the creator.
+        package var descriptors: [FileDescriptor] = []
+        /// Sent with the reply, then closed (for example a read-only reopen made for this client).
+        package var temporaryDescriptors: [FileDescriptor] = []
+        /// Keep the connection open after a successful reply (the attacher's liveness channel).
+        package var keepOpen = false
+
+        package init(reply: RendezvousProtocol.Reply) { self.reply = reply }
+    }
+
+    package typealias Handler =
+        @Sendable (RendezvousProtocol.Request, PeerCredentials, [FileDescriptor]) -> Response
+
+    package struct Configuration: Sendable {
+        package var handshakeTimeout: Duration = .seconds(5)
+        package var maximumPendingConnections = 128
+        package var acceptBackoff: Duration = .milliseconds(50)
+        package var backlog: Int32 = 128
+        package init() {}
+    }
+
+    /// Counters, readable from any thread.
+    package struct Statistics: Equatable, Sendable {
+        package var served: UInt64
+        package var refused: UInt64
+        package var badRequests: UInt64
+        package var handshakeTimeouts: UInt64
+        package var acceptBackoffs: UInt64
+        package var attached: UInt64
+    }
+
+    package let address: RendezvousAddress
+    private let listener: FileDescriptor
+    private let wake: FileDescriptor
+    private let lockFile: FileDescriptor?
+    private let configuration: Configuration
+    private let handler: Handler
+    private let counters: UnsafeMutablePointer<UInt64>
+    private var thread: pthread_t?
+
+    private enum Counter: Int, CaseIterable {
+        case served, refused, badRequests, handshakeTimeouts, acceptBackoffs, attached
+    }
+
+    /// Binds the key's socket and starts serving.
+    ///
+    /// - Throws: `.alreadyExists` when a live creator serves the key; `.system` otherwise.
+    package static func start(
+        address: RendezvousAddress, configuration: Configuration = Configuration(), handler: @escaping Handler
+    ) throws(RendezvousError) -> RendezvousServer {
+        var lockFile: FileDescriptor?
+        do throws(RendezvousError) {
+            if let lockPath = address.lockPath {
+                lockFile = try acquireLockFile(lockPath, address: address)
+                // We hold the lock: any socket file is a crashed creator's leftover.
+                if let socketPath = address.socketPath { unlink(socketPath) }
+            }
+            let listener = try bindListener(address, backlog: configuration.backlog)
+            let wake: FileDescriptor
+            do {
+                wake = FileDescriptor(
+                    rawValue: try systemCall("eventfd") {
+                        CShmLinux_eventfd(0, CShmLinux_EFD_CLOEXEC | CShmLinux_EFD_NONBLOCK)
+                    })
+            } catch {
+                listener.closeIgnoringErrors()
+                throw RendezvousError.system(error)
+            }
+            let server = RendezvousServer(
+                address: address, listener: listener, wake: wake, lockFile: lockFile, configuration: configuration,
+                handler: handler)
+            do {
+                server.thread = try startThread { [server] in server.serve() }
+            } catch {
+                server.closeEverything()
+                throw RendezvousError.system(error)
+            }
+            return server
+        } catch {
+            lockFile?.closeIgnoringErrors()
+            throw error
+        }
+    }
+
+    private init(
+        address: RendezvousAddress, listener: FileDescriptor, wake: FileDescriptor, lockFile: FileDescriptor?,
+        configuration: Configuration, handler: @escaping Handler
+    ) {
+        self.address = address
+        self.listener = listener
+        self.wake = wake
+        self.lockFile = lockFile
+        self.configuration = configuration
+        self.handler = handler
+        counters = .allocate(capacity: Counter.allCases.count)
+        counters.initialize(repeating: 0, count: Counter.allCases.count)
+    }
+
+    deinit {
+        stop()
+        counters.deallocate()
+    }
+
+    /// Stops serving: closes every connection (attachers see the hang-up), unbinds the name, and
+    /// joins the thread. Idempotent; called from the owner's thread.
+    package func stop() {
+        guard let thread else { return }
+        var one: UInt64 = 1
+        _ = Glibc.write(wake.rawValue, &one, 8)
+        pthread_join(thread, nil)
+        self.thread = nil
+        closeEverything()
+    }
+
+    package var statistics: Statistics {
+        func load(_ counter: Counter) -> UInt64 {
+            // Relaxed: statistics only; no other data is published through them.
+            CShmAtomics_u64_load_relaxed(counters + counter.rawValue)
+        }
+        return Statistics(
+            served: load(.served), refused: load(.refused), badRequests: load(.badRequests),
+            handshakeTimeouts: load(.handshakeTimeouts), acceptBackoffs: load(.acceptBackoffs),
+            attached: load(.attached))
+    }
+
+    private func count(_ counter: Counter, _ delta: Int64 = 1) {
+        // Relaxed: statistics only (written by the server thread alone).
+        _ = CShmAtomics_u64_fetch_add_relaxed(counters + counter.rawValue, UInt64(bitPattern: delta))
+    }
+
+    private func closeEverything() {
+        listener.closeIgnoringErrors()
+        wake.closeIgnoringErrors()
+        if let socketPath = address.socketPath { unlink(socketPath) }
+        if let lockFile, let lockPath = address.lockPath {
+            // Unlink while still holding the lock: a creator that opened the old file will see that
+            // the path no longer names it and retry (acquireLockFile).
+            unlink(lockPath)
+            lockFile.closeIgnoringErrors()
+        }
+    }
+
+    // MARK: - The thread
+
+    private struct Pending {
+        var socket: FileDescriptor
+        var deadline: ContinuousClock.Instant
+    }
+
+    private func serve() {
+        var pending: [Pending] = []
+        var attached: [FileDescriptor] = []
+        var backoffUntil: ContinuousClock.Instant?
+        defer {
+            for connection in pending { connection.socket.closeIgnoringErrors() }
+            for socket in attached { socket.closeIgnoringErrors() }
+            count(.attached, -Int64(attached.count))
+        }
+        while true {
+            let now = ContinuousClock.now
+            if let until = backoffUntil, until <= now { backoffUntil = nil }
+            let listening = backoffUntil == nil
+            var entries = [pollfd(fd: wake.rawValue, events: Int16(POLLIN), revents: 0)]
+            entries.append(pollfd(fd: listening ? listener.rawValue : -1, events: Int16(POLLIN), revents: 0))
+            for connection in pending {
+                entries.append(pollfd(fd: connection.socket.rawValue, events: Int16(POLLIN), revents: 0))
+            }
+            let hangUp = Int16(POLLIN) | CShmLinux_POLLRDHUP
+            for socket in attached { entries.append(pollfd(fd: socket.rawValue, events: hangUp, revents: 0)) }
+
+            var nextDeadline = pending.map(\.deadline).min()
+            if let until = backoffUntil { nextDeadline = min(nextDeadline ?? until, until) }
+            let timeout = nextDeadline.map { milliseconds(until: $0, from: now) } ?? -1
+            let ready = Glibc.poll(&entries, nfds_t(entries.count), timeout)
+            if ready < 0 && errno != EINTR { usleep(10_000) }  // ENOMEM: do not spin
+            if entries[0].revents != 0 { return }
+
+            // Attached connections: any event ends one, a hang-up or a message where the protocol
+            // allows none after the reply.
+            let attachedBase = 2 + pending.count
+            var stillAttached: [FileDescriptor] = []
+            for (index, socket) in attached.enumerated() {
+                if entries[attachedBase + index].revents != 0 {
+                    socket.closeIgnoringErrors()
+                    count(.attached, -1)
+                } else {
+                    stillAttached.append(socket)
+                }
+            }
+            attached = stillAttached
+
+            // Handshakes in progress: serve the readable ones, drop the ones past their deadline.
+            var stillPending: [Pending] = []
+            let afterPoll = ContinuousClock.now
+            for (index, connection) in pending.enumerated() {
+                if entries[2 + index].revents != 0 {
+                    if handle(connection.socket) {
+                        attached.append(connection.socket)
+                        count(.attached)
+                    } else {
+                        connection.socket.closeIgnoringErrors()
+                    }
+                } else if connection.deadline <= afterPoll {
+                    count(.handshakeTimeouts)
+                    connection.socket.closeIgnoringErrors()
+                } else {
+                    stillPending.append(connection)
+                }
+            }
+            pending = stillPending
+
+            if listening && entries[1].revents != 0 {
+                acceptAll(into: &pending, backoffUntil: &backoffUntil)
+            }
+        }
+    }
+
+    private func milliseconds(until deadline: ContinuousClock.Instant, from now: ContinuousClock.Instant) -> Int32 {
+        let remaining = deadline - now
+        if remaining <= .zero { return 0 }
+        let (seconds, attoseconds) = remaining.components
+        let total = seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1
+        return Int32(clamping: total)
+    }
+
+    private func acceptAll(into pending: inout [Pending], backoffUntil: inout ContinuousClock.Instant?) {
+        for _ in 0..<64 {
+            let fd = CShmLinux_accept4(listener.rawValue, Int32(SOCK_CLOEXEC.rawValue | SOCK_NONBLOCK.rawValue))
+            if fd < 0 {
+                switch errno {
+                case EAGAIN, EWOULDBLOCK: return
+                case EINTR, ECONNABORTED, EPROTO: continue
+                default:
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection stays in the backlog
+                    // and the listener stays readable; stop polling it for a while.
+                    count(.acceptBackoffs)
+                    backoffUntil = ContinuousClock.now + configuration.acceptBackoff
+                    return
+                }
+            }
+            let socket = FileDescriptor(rawValue: fd)
+            if pending.count >= configuration.maximumPendingConnections {
+                count(.refused)
+                socket.closeIgnoringErrors()
+                continue
+            }
+            pending.append(Pending(socket: socket, deadline: ContinuousClock.now + configuration.handshakeTimeout))
+        }
+    }
+
+    /// Serves one request. Returns true when the connection stays open as a liveness channel.
+    private func handle(_ socket: FileDescriptor) -> Bool {
+        let message: ReceivedMessage
+        do {
+            message = try DescriptorPassing.receive(
+                on: socket, capacity: RendezvousProtocol.maximumRequestLength, maximumDescriptors: 8, nonBlocking: true)
+        } catch {
+            switch error {
+            case .payloadTruncated, .descriptorsTruncated:
+                count(.badRequests)
+                reject(socket, .badRequest)
+            case .peerClosed, .system:
+                break  // vanished mid-handshake, or EAGAIN after a spurious wake-up: just drop it
+            }
+            return false
+        }
+        defer { for descriptor in message.descriptors { descriptor.closeIgnoringErrors() } }
+        let request: RendezvousProtocol.Request
+        do {
+            request = try RendezvousProtocol.Request.decode(message.payload)
+        } catch {
+            count(.badRequests)
+            reject(socket, .badRequest)
+            return false
+        }
+        guard RendezvousProtocol.isCompatible(version: request.version, minimum: request.minimumCompatibleVersion)
+        else {
+            count(.badRequests)
+            reject(socket, .unsupportedVersion)
+            return false
+        }
+        guard let credentials = try? PeerCredentials.of(socket) else { return false }
+        let response = handler(request, credentials, message.descriptors)
+        defer { for descriptor in response.temporaryDescriptors { descriptor.closeIgnoringErrors() } }
+        let ok = response.reply.status == .ok
+        if ok { count(.served) } else { count(.refused) }
+        do {
+            try DescriptorPassing.send(
+                response.reply.encoded(), descriptors: response.descriptors + response.temporaryDescriptors,
+                on: socket)
+        } catch {
+            return false  // the client vanished (EPIPE, ECONNRESET) or will not read (EAGAIN)
+        }
+        return ok && response.keepOpen
+    }
+
+    /// Best-effort error reply to a client that broke the protocol.
+    private func reject(_ socket: FileDescriptor, _ status: RendezvousProtocol.Status) {
+        let reply = RendezvousProtocol.Reply(
+            status: status, segmentKind: .sharedMemory, creatorPID: getpid(), creatorUID: geteuid(),
+            segmentID: SegmentID(high: 0, low: 0), size: 0, mappedSize: 0)
+        try? DescriptorPassing.send(reply.encoded(), on: socket)
+    }
+
+    // MARK: - Binding
+
+    private static func bindListener(_ address: RendezvousAddress, backlog: Int32) throws(RendezvousError)
+        -> FileDescriptor
+    {
+        let fd: Int32
+        do throws(SystemCallError) {
+            fd = try systemCall("socket") {
+                Glibc.socket(
+                    AF_UNIX, Int32(SOCK_SEQPACKET.rawValue | SOCK_CLOEXEC.rawValue | SOCK_NONBLOCK.rawValue), 0)
+            }
+        } catch {
+            throw .system(error)
+        }
+        let socket = FileDescriptor(rawValue: fd)
+        let bound = address.withSocketAddress { Glibc.bind(fd, $0, $1) }
+        if bound != 0 {
+            let error = Errno(rawValue: errno)
+            socket.closeIgnoringErrors()
+            if error == .addressInUse {
+                throw .alreadyExists("a creator already serves \(address.key) (\(address.displayName) is in use)")
+            }
+            throw .system(SystemCallError("bind(\(address.displayName))", error))
+        }
+        if address.socketPath != nil {
+            // The file's mode is only a first gate; the credential check is the real one.
+            _ = address.socketPath.map { chmod($0, 0o666) }
+        }
+        guard listen(fd, backlog) == 0 else {
+            let error = Errno(rawValue: errno)
+            socket.closeIgnoringErrors()
+            throw .system(SystemCallError("listen", error))
+        }
+        return socket
+    }
+
+    /// Takes the key's lock file (`flock(LOCK_EX | LOCK_NB)`), making sure the path still names the
+    /// locked file (a creator that was detaching may have unlinked it in between).
+    static func acquireLockFile(_ path: String, address: RendezvousAddress) throws(RendezvousError) -> FileDescriptor {
+        for _ in 0..<16 {
+            let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            guard fd >= 0 else { throw .system(SystemCallError("open(\(path))", Errno(rawValue: errno))) }
+            let file = FileDescriptor(rawValue: fd)
+            if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+                let error = Errno(rawValue: errno)
+                file.closeIgnoringErrors()
+                if error == .wouldBlock {
+                    throw .alreadyExists("a live creator holds \(path): \(address.key) is in use")
+                }
+                throw .system(SystemCallError("flock(\(path))", error))
+            }
+            var opened = stat()
+            var named = stat()
+            if fstat(fd, &opened) == 0, stat(path, &named) == 0, opened.st_ino == named.st_ino,
+                opened.st_dev == named.st_dev
+            {
+                return file
+            }
+            file.closeIgnoringErrors()  // unlinked under us: try the new file
+        }
+        throw .alreadyExists("\(path) keeps changing: another creator is racing for \(address.key)")
+    }
+}

@@ -1,0 +1,96 @@
+import ShmRing
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Peer scenarios for `SharedMemory`.
+enum SharedMemoryCommands {
+    static func namespace(_ options: PeerOptions) -> KeyNamespace {
+        options.has("namespace") ? .directory(options.string("namespace")) : .abstract
+    }
+
+    /// Reports a `SharedMemoryError` as `error_code=` and `error=` lines.
+    static func report(_ error: SharedMemoryError) {
+        PeerRuntime.report("error_code=\(error.code)")
+        PeerRuntime.report("error=\(error)")
+    }
+
+    /// `--key K --size N [--writers creator|attachers] [--allow-uid U] [--fill BYTE]
+    /// [--namespace DIR] [--nofile-limit L]`: creates the segment, fills it, says "created" and
+    /// serves until killed (or until its lifeline closes). Reports `segment_id=` or the error.
+    static func create(_ options: PeerOptions) throws {
+        var policy = AccessPolicy()
+        if options.has("writers") {
+            switch options.string("writers") {
+            case "creator": policy.writers = .creatorOnly
+            case "attachers": policy.writers = .attachers
+            default: PeerRuntime.fail("--writers creator|attachers")
+            }
+        }
+        if options.has("allow-uid") { policy.allowedUsers.insert(uid_t(options.int("allow-uid"))) }
+        let memory = SharedMemory(key: options.string("key"), namespace: namespace(options))
+        do {
+            try memory.create(size: options.int("size"), policy: policy)
+        } catch {
+            report(error)
+            return
+        }
+        if options.has("fill") {
+            let byte = UInt8(truncatingIfNeeded: options.int("fill"))
+            try memory.withUnsafeMutableBytes { _ = $0.initializeMemory(as: UInt8.self, repeating: byte) }
+        }
+        if options.has("nofile-limit") {
+            let limit = options.int("nofile-limit")
+            var rlim = rlimit(rlim_cur: rlim_t(limit), rlim_max: rlim_t(limit))
+            guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &rlim) == 0 else {
+                PeerRuntime.fail("setrlimit(RLIMIT_NOFILE): errno \(errno)")
+            }
+        }
+        PeerRuntime.report("segment_id=\(memory.segmentID!)")
+        PeerRuntime.ready("created")
+        // Serve until told to report the server's counters and stop ("stop" on stdin is not
+        // available: stdin is /dev/null), or until killed.
+        signal(SIGUSR1) { _ in
+            // Async-signal-safe enough for a test peer: sets a flag read below.
+            SharedMemoryCommands.stopRequested = 1
+        }
+        while stopRequested == 0 { pause() }
+        if let statistics = memory.serverStatistics {
+            PeerRuntime.report("served=\(statistics.served)")
+            PeerRuntime.report("accept_backoffs=\(statistics.acceptBackoffs)")
+            PeerRuntime.report("bad_requests=\(statistics.badRequests)")
+        }
+        memory.detach()
+    }
+
+    nonisolated(unsafe) static var stopRequested: sig_atomic_t = 0
+
+    /// `--key K --mode ro|rw [--write BYTE] [--hold 1] [--namespace DIR]`: attaches, reports
+    /// `size=`, `first_byte=` and `segment_id=`; with `--write`, stores BYTE at offset 0 through
+    /// the raw pointer (on a read-only mapping: SIGSEGV); with `--hold`, says "attached" and waits
+    /// to be killed.
+    static func attach(_ options: PeerOptions) throws {
+        let memory = SharedMemory(key: options.string("key"), namespace: namespace(options))
+        let mode: AccessMode = options.string("mode") == "ro" ? .readOnly : .readWrite
+        do {
+            try memory.attach(mode: mode)
+        } catch {
+            report(error)
+            return
+        }
+        PeerRuntime.report("size=\(memory.size)")
+        PeerRuntime.report("segment_id=\(memory.segmentID!)")
+        PeerRuntime.report("first_byte=\(memory.data!.load(as: UInt8.self))")
+        if options.has("write") {
+            memory.data!.storeBytes(of: UInt8(truncatingIfNeeded: options.int("write")), as: UInt8.self)
+            PeerRuntime.report("wrote=1")
+        }
+        if options.has("hold") {
+            PeerRuntime.ready("attached")
+            PeerRuntime.parkForever()
+        }
+        memory.detach()
+    }
+}
