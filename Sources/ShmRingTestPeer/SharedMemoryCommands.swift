@@ -18,7 +18,7 @@ enum SharedMemoryCommands {
     }
 
     /// `--key K --size N [--writers creator|attachers] [--allow-uid U] [--fill BYTE]
-    /// [--namespace DIR] [--nofile-limit L]`: creates the segment, fills it, says "created" and
+    /// [--namespace DIR] [--nofile-limit L] [--handshake-ms MS]`: creates the segment, fills it, says "created" and
     /// serves until killed (or until its lifeline closes). Reports `segment_id=` or the error.
     static func create(_ options: PeerOptions) throws {
         var policy = AccessPolicy()
@@ -31,6 +31,7 @@ enum SharedMemoryCommands {
         }
         if options.has("allow-uid") { policy.allowedUsers.insert(uid_t(options.int("allow-uid"))) }
         let memory = SharedMemory(key: options.string("key"), namespace: namespace(options))
+        if options.has("handshake-ms") { memory.handshakeTimeout = .milliseconds(options.int("handshake-ms")) }
         do {
             try memory.create(size: options.int("size"), policy: policy)
         } catch {

@@ -225,7 +225,6 @@ package final class RendezvousServer: @unchecked Sendable {
                 if entries[2 + index].revents != 0 {
                     if handle(connection.socket) {
                         attached.append(connection.socket)
-                        count(.attached)
                     } else {
                         connection.socket.closeIgnoringErrors()
                     }
@@ -312,15 +311,20 @@ package final class RendezvousServer: @unchecked Sendable {
         let response = handler(request, credentials, message.descriptors)
         defer { for descriptor in response.temporaryDescriptors { descriptor.closeIgnoringErrors() } }
         let ok = response.reply.status == .ok
-        if ok { count(.served) } else { count(.refused) }
+        let staysOpen = ok && response.keepOpen
+        // Counted before the reply goes out, so that a client that has its reply sees itself counted.
+        count(ok ? .served : .refused)
+        if staysOpen { count(.attached) }
         do {
             try DescriptorPassing.send(
                 response.reply.encoded(), descriptors: response.descriptors + response.temporaryDescriptors,
                 on: socket)
         } catch {
-            return false  // the client vanished (EPIPE, ECONNRESET) or will not read (EAGAIN)
+            // The client vanished (EPIPE, ECONNRESET) or will not read (EAGAIN).
+            if staysOpen { count(.attached, -1) }
+            return false
         }
-        return ok && response.keepOpen
+        return staysOpen
     }
 
     /// Best-effort error reply to a client that broke the protocol.

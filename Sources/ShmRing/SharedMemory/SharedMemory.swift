@@ -41,7 +41,9 @@ public final class SharedMemory {
     public let namespace: KeyNamespace
     /// The effective uids an attacher accepts as creator. Default: its own effective uid.
     public var trustedCreators: Set<uid_t> = [geteuid()]
-    /// How long `attach` waits for the creator's reply.
+    /// How long `attach` waits for the creator's reply; for a creator, how long its server waits
+    /// for a connected client's request before dropping the connection. Set before `create` or
+    /// `attach`.
     public var handshakeTimeout: Duration = .seconds(5)
 
     /// The largest segment: 1 TiB.
@@ -115,8 +117,10 @@ public final class SharedMemory {
         let segmentID = SegmentID.random()
         let server: RendezvousServer
         do {
+            var configuration = RendezvousServer.Configuration()
+            configuration.handshakeTimeout = handshakeTimeout
             server = try RendezvousServer.start(
-                address: address,
+                address: address, configuration: configuration,
                 handler: Self.handler(
                     data: segment.descriptor.rawValue, lock: lock.segment.descriptor.rawValue, size: size,
                     mappedSize: segment.mappedSize, policy: policy, segmentID: segmentID))
