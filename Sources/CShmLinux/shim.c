@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -110,7 +111,9 @@ int CShmLinux_receive_with_fds(int socket, void *buffer, size_t capacity, int *f
             if (out->fd_count < max_fds) {
                 fds[out->fd_count++] = fd;
             } else {
-                close(fd);  // cannot happen with our control buffer size; never leak one
+                // More than asked for: CMSG_SPACE pads the control buffer to 8 bytes, so with an
+                // odd max_fds the kernel may deliver one more. Never leak it.
+                close(fd);
                 out->descriptors_truncated = true;
             }
         }
@@ -150,6 +153,25 @@ int CShmLinux_pidfd_open(pid_t pid, unsigned int flags) { return (int)syscall(SY
 
 int CShmLinux_pidfd_send_signal(int pidfd, int signal) {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0);
+}
+
+int CShmLinux_spawn_add_close_from(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+
+int CShmLinux_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int CShmLinux_pin_thread_to_cpu(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+int CShmLinux_usable_cpus(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+    return CPU_COUNT(&set);
 }
 
 int CShmLinux_accept4(int socket, int flags) { return accept4(socket, NULL, NULL, flags); }
@@ -202,12 +224,15 @@ static int lock_outcome(CShmLinux_lock_page *page, int rc) {
     if (rc == EOWNERDEAD) {
         // We own the mutex now. Make it consistent before anything else: unlocking it without
         // pthread_mutex_consistent() would leave it ENOTRECOVERABLE for every process, forever.
+        // It fails only for a mutex that is not robust or not inconsistent, which EOWNERDEAD rules
+        // out; should it fail anyway, we keep the lock rather than unlock it into ENOTRECOVERABLE.
         int consistent = pthread_mutex_consistent(&page->mutex);
         if (consistent != 0) return -consistent;
         // Remembered in the page, not in the mutex: reported to every locker until repaired.
         // Written and read under the mutex, whose acquire/release orders it.
         page->needs_repair = 1;
-        page->owner_deaths += 1;
+        // Read without the lock (RobustLock.ownerDeaths, relaxed): atomic, statistics only.
+        __atomic_fetch_add(&page->owner_deaths, 1, __ATOMIC_RELAXED);
         return CSHMLINUX_LOCK_PREVIOUS_OWNER_DIED;
     }
     if (rc == EBUSY) return CSHMLINUX_LOCK_BUSY;

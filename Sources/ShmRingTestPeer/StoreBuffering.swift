@@ -1,4 +1,5 @@
 import CShmAtomics
+import CShmLinux
 import SystemPackage
 
 #if canImport(Glibc)
@@ -53,6 +54,9 @@ enum StoreBuffering {
         let iterations = options.int("iterations")
         let fence = options.string("fence")
         guard fence == "seq_cst" || fence == "none" else { PeerRuntime.fail("--fence seq_cst|none") }
+        // Both threads must run at once, on two CPUs: time-sliced on one, they would never show
+        // the reordering and each round would wait for a scheduler tick.
+        guard CShmLinux_usable_cpus() >= 2 else { PeerRuntime.fail("needs two usable CPUs") }
         let shared = Shared(iterations: iterations, fenced: fence == "seq_cst")
         let threads = (0..<2).map { index in
             spawnThread { body(shared, index) }
@@ -74,11 +78,18 @@ enum StoreBuffering {
         let myArrival = shared.arrived(me)
         let theirArrival = shared.arrived(other)
         let results = shared.sawOther[me]
+        // One thread per CPU (best effort: a failure only makes the run slower).
+        _ = CShmLinux_pin_thread_to_cpu(Int32(me))
         for round in 1...UInt64(shared.iterations) {
             // Barrier. Release/acquire pair: my arrival store with the other thread's load of it,
             // so a round's stores are not observed before both threads finished the previous one.
             CShmAtomics_u64_store_release(myArrival, round)
-            while CShmAtomics_u64_load_acquire(theirArrival) < round { CShmAtomics_pause() }
+            var spins = 0
+            while CShmAtomics_u64_load_acquire(theirArrival) < round {
+                // Spin, but yield now and then, so that a busy machine cannot stall the barrier.
+                spins += 1
+                if spins & 0xfff == 0 { sched_yield() } else { CShmAtomics_pause() }
+            }
 
             // The litmus test. Release store and acquire load: on x86-64 both are plain moves, so
             // without the fence the load may pass the store (store buffer).

@@ -118,6 +118,7 @@ extension MultiProcess {
             #expect(peer.wait() == .exited(0), "\(peer.standardError)")
             let error = try #require(peer.results["error"])
             #expect(error.hasPrefix("descriptors truncated"), "\(error)")
+            #expect(peer.results["open_after"] == peer.results["open_before"], "what arrived was closed")
         }
     }
 }

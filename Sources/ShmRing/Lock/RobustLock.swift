@@ -104,7 +104,10 @@ package final class RobustLock: @unchecked Sendable {
         guard magic == CSHMLINUX_LOCK_PAGE_MAGIC else {
             throw .corrupted("magic is 0x\(String(magic, radix: 16)), not a ShmRing lock")
         }
-        let version = lock.page.pointee.version
+        // The page stays writable by every admitted attacher, so this check guards against
+        // accidents (a wrong descriptor), not against a hostile attacher, which could scribble
+        // over the mutex at any time; admission (AccessPolicy) is the defence there.
+        let version = CShmAtomics_u32_load_relaxed(&lock.page.pointee.version)
         guard version == CSHMLINUX_LOCK_PAGE_VERSION else {
             throw .corrupted("lock layout version \(version), this build knows \(CSHMLINUX_LOCK_PAGE_VERSION)")
         }
@@ -130,10 +133,7 @@ package final class RobustLock: @unchecked Sendable {
     ///
     /// - Returns: the outcome, or nil if the time ran out.
     package func lock(timeout: Duration) throws(LockError) -> LockOutcome? {
-        let (seconds, attoseconds) = timeout.components
-        let nanoseconds = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        let total = nanoseconds.overflow ? Int64.max : nanoseconds.partialValue &+ attoseconds / 1_000_000_000
-        return try outcome(CShmLinux_lock_timedlock(page, max(0, total)), "pthread_mutex_clocklock")
+        try outcome(CShmLinux_lock_timedlock(page, timeout.clampedNanoseconds), "pthread_mutex_clocklock")
     }
 
     /// Releases the lock.
@@ -154,13 +154,16 @@ package final class RobustLock: @unchecked Sendable {
     package var isHeldByCurrentThread: Bool { CShmLinux_lock_is_held_by_caller(page) }
 
     /// How many holders died holding the lock since it was created.
-    package var ownerDeaths: UInt64 { CShmAtomics_u64_load_relaxed(&page.pointee.owner_deaths) }
+    package var ownerDeaths: UInt64 {
+        // Relaxed: a statistic; its partner is the relaxed fetch-add in CShmLinux's lock_outcome.
+        CShmAtomics_u64_load_relaxed(&page.pointee.owner_deaths)
+    }
 
     /// Runs `body` under the lock and releases it afterwards, also when `body` throws.
     ///
     /// `body` receives the outcome, so that it can repair the data (and call `markRepaired()`)
     /// after `.previousOwnerDied`.
-    package func withLock<R, E: Error>(_ body: (LockOutcome) throws(E) -> R) throws -> R {
+    package func withLock<R>(_ body: (LockOutcome) throws -> R) throws -> R {
         let outcome = try lock()
         let result: R
         do {

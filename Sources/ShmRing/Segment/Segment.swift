@@ -94,6 +94,15 @@ package final class Segment {
         guard mappedSize <= budget.available else {
             throw .outOfResources(requested: mappedSize, available: budget.available, limit: budget.source)
         }
+        // RLIMIT_FSIZE applies to memfds: past it, fallocate does fail with EFBIG, but the kernel
+        // also sends SIGXFSZ, whose default action ends the process. Answer before that.
+        // (rlim_t.max is RLIM_INFINITY, a macro Swift imports wrongly.)
+        var fileSizeLimit = rlimit()
+        if getrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &fileSizeLimit) == 0,
+            fileSizeLimit.rlim_cur != rlim_t.max, UInt64(mappedSize) > UInt64(fileSizeLimit.rlim_cur)
+        {
+            throw .fileSizeLimit(requested: mappedSize, limit: Int(clamping: fileSizeLimit.rlim_cur))
+        }
         let flags = UInt32(CShmLinux_MFD_CLOEXEC | CShmLinux_MFD_ALLOW_SEALING)
         let fd: Int32
         do {
@@ -102,16 +111,18 @@ package final class Segment {
             throw .system(error)
         }
         let descriptor = FileDescriptor(rawValue: fd)
+        var segment: Segment?
         do throws(SystemCallError) {
             _ = try systemCall("fallocate") { CShmLinux_fallocate(fd, 0, off_t(mappedSize)) }
-            let segment = try map(descriptor: descriptor, size: size, access: access)
-            _ = try systemCall("fcntl(F_ADD_SEALS)") {
-                CShmLinux_add_seals(fd, seals.union([.grow, .shrink]).rawValue)
-            }
+            segment = try map(descriptor: descriptor, size: size, access: access)
+            // The caller's seals with grow and shrink, then F_SEAL_SEAL on its own, last.
+            let first = seals.union([.grow, .shrink]).subtracting(.seal)
+            _ = try systemCall("fcntl(F_ADD_SEALS)") { CShmLinux_add_seals(fd, first.rawValue) }
             _ = try systemCall("fcntl(F_ADD_SEALS, F_SEAL_SEAL)") { CShmLinux_add_seals(fd, Seals.seal.rawValue) }
-            return segment
+            return segment!
         } catch {
-            descriptor.closeIgnoringErrors()
+            // Once mapped, the segment owns the descriptor: close through it, exactly once.
+            if let segment { segment.close() } else { descriptor.closeIgnoringErrors() }
             if error.errno == .noMemory || error.errno == .noSpace {
                 throw .outOfResources(requested: mappedSize, available: budget.available, limit: error.description)
             }
@@ -123,9 +134,10 @@ package final class Segment {
     ///
     /// Takes ownership of `descriptor`. A `.readOnly` mapping is made through a read-only
     /// descriptor (the given one if it is read-only, a read-only reopen otherwise), so it can never
-    /// be `mprotect`ed writable. `size` must not exceed the file's size.
+    /// be `mprotect`ed writable. `size` must not exceed the file's size, and the file must carry
+    /// `requiredSeals` (by default grow, shrink and seal: it can never shrink under the mapping).
     package static func attach(
-        descriptor: FileDescriptor, size: Int, access: Access
+        descriptor: FileDescriptor, size: Int, access: Access, requiredSeals: Seals = [.grow, .shrink, .seal]
     ) throws(SegmentError) -> Segment {
         guard size > 0, size <= maximumSize else {
             descriptor.closeIgnoringErrors()
@@ -137,9 +149,20 @@ package final class Segment {
             descriptor.closeIgnoringErrors()
             throw .system(error)
         }
+        guard status.st_mode & S_IFMT == S_IFREG else {
+            descriptor.closeIgnoringErrors()
+            throw .notSealed(missing: requiredSeals)
+        }
         guard Int(status.st_size) >= size else {
             descriptor.closeIgnoringErrors()
             throw .tooSmall(fileSize: Int(status.st_size), requested: size)
+        }
+        // Without the shrink seal, whoever holds a writable descriptor could truncate the file
+        // under our mapping and turn the next access into SIGBUS.
+        let present = Seals(rawValue: max(0, CShmLinux_get_seals(descriptor.rawValue)))
+        guard present.isSuperset(of: requiredSeals) else {
+            descriptor.closeIgnoringErrors()
+            throw .notSealed(missing: requiredSeals.subtracting(present))
         }
         do throws(SystemCallError) {
             return try map(descriptor: descriptor, size: size, access: access)
@@ -216,7 +239,11 @@ package enum SegmentError: Error, Equatable, CustomStringConvertible {
     case outOfResources(requested: Int, available: Int, limit: String)
     /// The file received is smaller than the size announced for it.
     case tooSmall(fileSize: Int, requested: Int)
-    /// A system call failed (EFBIG under RLIMIT_FSIZE, EMFILE, ...).
+    /// The size is above the process's RLIMIT_FSIZE (which would otherwise raise SIGXFSZ).
+    case fileSizeLimit(requested: Int, limit: Int)
+    /// The received file is not a regular file carrying the seals a safe mapping needs.
+    case notSealed(missing: Segment.Seals)
+    /// A system call failed (EMFILE, ...).
     case system(SystemCallError)
 
     package var description: String {
@@ -227,6 +254,10 @@ package enum SegmentError: Error, Equatable, CustomStringConvertible {
             "not enough memory for \(requested) bytes: \(available) available (\(limit))"
         case .tooSmall(let fileSize, let requested):
             "the segment's file holds \(fileSize) bytes, fewer than the \(requested) announced"
+        case .fileSizeLimit(let requested, let limit):
+            "\(requested) bytes exceed the file size limit of \(limit) bytes (RLIMIT_FSIZE, EFBIG)"
+        case .notSealed(let missing):
+            "the segment's file is not sealed safely (missing seals 0x\(String(missing.rawValue, radix: 16)))"
         case .system(let error):
             error.description
         }

@@ -28,10 +28,9 @@ package enum Futex {
         on word: UnsafeMutablePointer<UInt32>, expected: UInt32, timeout: Duration? = nil
     ) throws(SystemCallError) -> WaitResult {
         var spec = timespec()
-        if let timeout {
-            let (seconds, attoseconds) = timeout.components
-            spec.tv_sec = Int(max(0, seconds))
-            spec.tv_nsec = seconds < 0 ? 0 : Int(attoseconds / 1_000_000_000)
+        if let nanoseconds = timeout?.clampedNanoseconds {
+            spec.tv_sec = Int(nanoseconds / 1_000_000_000)
+            spec.tv_nsec = Int(nanoseconds % 1_000_000_000)
         }
         let rc =
             timeout == nil

@@ -34,6 +34,9 @@ package final class IOURing {
 
     deinit { CShmLinux_uring_destroy(ring) }
 
+    /// Whether io_uring can be used here (seccomp profiles of some containers refuse it).
+    package static var isAvailable: Bool { (try? IOURing(entries: 1)) != nil }
+
     /// Whether this kernel supports `IORING_OP_FUTEX_WAIT` (6.7+).
     package static var supportsFutexWait: Bool { CShmLinux_uring_probe_futex_wait() == 1 }
 
@@ -63,11 +66,10 @@ package final class IOURing {
 
     /// Queues a timeout (completes with -ETIME) and submits everything queued so far.
     package func submitTimeout(after duration: Duration, userData: UInt64) throws(SystemCallError) {
-        let (seconds, attoseconds) = duration.components
-        let nanoseconds = seconds &* 1_000_000_000 &+ attoseconds / 1_000_000_000
-        _ = try negativeErrnoCall("io_uring_submit(timeout)") {
-            CShmLinux_uring_prep_timeout(ring, nanoseconds, userData)
-        }
+        // Not retried on EINTR: a failed submit leaves the timeout queued, and a retry would queue
+        // a second one with the same tag.
+        let rc = CShmLinux_uring_prep_timeout(ring, duration.clampedNanoseconds, userData)
+        guard rc >= 0 else { throw SystemCallError("io_uring_submit(timeout)", Errno(rawValue: -rc)) }
     }
 
     /// Queues the cancellation of the request tagged `target`.
@@ -84,11 +86,7 @@ package final class IOURing {
     /// Waits for one completion, at most `timeout` (nil: no limit); nil when the time ran out.
     package func wait(timeout: Duration? = nil) throws(SystemCallError) -> Completion? {
         var completion = CShmLinux_completion()
-        var nanoseconds: Int64 = -1
-        if let timeout {
-            let (seconds, attoseconds) = timeout.components
-            nanoseconds = max(0, seconds &* 1_000_000_000 &+ attoseconds / 1_000_000_000)
-        }
+        let nanoseconds = timeout?.clampedNanoseconds ?? -1
         let rc = CShmLinux_uring_wait(ring, nanoseconds, &completion)
         if rc == -ETIME { return nil }
         guard rc == 0 else { throw SystemCallError("io_uring_wait_cqe", Errno(rawValue: -rc)) }

@@ -16,7 +16,8 @@ import Glibc
 ///   child sees EOF and exits when the test process dies, however it dies;
 /// - a ready pipe on descriptor 4 (`SHMRING_READY_FD`): the child writes a line when it reached a
 ///   step, and `waitForReady` reads it; synchronisation by events, never by sleeping;
-/// - inherited descriptors at 10, 11, ... in the order given (`childDescriptor(_:)`);
+/// - inherited descriptors at 10, 11, ... in the order given (`childDescriptor(_:)`), and no other
+///   descriptor (`posix_spawn_file_actions_addclosefrom_np`);
 /// - stdout and stderr into temporary files (no pipe to fill up and block the child);
 /// - `SWIFT_BACKTRACE=enable=no` for children expected to crash, and RLIMIT_CORE=0 for all
 ///   (set on the test process once, inherited);
@@ -61,8 +62,27 @@ final class ChildProcess {
     ) throws {
         ChildProcess.limitCoreDumps
         command = ([executable] + arguments).joined(separator: " ")
-        let lifelinePipe = try FileDescriptor.pipe()
-        let readyPipe = try FileDescriptor.pipe()
+        // Close-on-exec pipes (pipe2): otherwise every later child would inherit this child's
+        // lifeline write end, and the lifeline would never close.
+        let lifelinePipe = try Self.pipe()
+        let readyPipe: (readEnd: FileDescriptor, writeEnd: FileDescriptor)
+        do {
+            readyPipe = try Self.pipe()
+        } catch {
+            lifelinePipe.readEnd.closeIgnoringErrors()
+            lifelinePipe.writeEnd.closeIgnoringErrors()
+            throw error
+        }
+        // Until the spawn succeeds, every descriptor made here is closed on the way out.
+        var spawned = false
+        defer {
+            lifelinePipe.readEnd.closeIgnoringErrors()
+            readyPipe.writeEnd.closeIgnoringErrors()
+            if !spawned {
+                lifelinePipe.writeEnd.closeIgnoringErrors()
+                readyPipe.readEnd.closeIgnoringErrors()
+            }
+        }
         // Every descriptor the child gets is first copied to 100 or above (close-on-exec), so
         // that no dup2 below has equal source and target (which would leave close-on-exec set).
         var staged: [FileDescriptor] = []
@@ -88,6 +108,9 @@ final class ChildProcess {
         for (index, descriptor) in inheriting.enumerated() {
             posix_spawn_file_actions_adddup2(&actions, try stage(descriptor), ChildProcess.childDescriptor(index))
         }
+        // Nothing else: the test runner has descriptors without close-on-exec (seen: 251), which
+        // a child would otherwise inherit.
+        CShmLinux_spawn_add_close_from(&actions, ChildProcess.childDescriptor(inheriting.count))
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -125,17 +148,28 @@ final class ChildProcess {
             for pointer in envp { free(pointer) }
         }
         let rc = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
-        lifelinePipe.readEnd.closeIgnoringErrors()
-        readyPipe.writeEnd.closeIgnoringErrors()
-        guard rc == 0 else {
-            lifelinePipe.writeEnd.closeIgnoringErrors()
-            readyPipe.readEnd.closeIgnoringErrors()
-            throw SystemCallError("posix_spawn(\(executable))", Errno(rawValue: rc))
+        guard rc == 0 else { throw SystemCallError("posix_spawn(\(executable))", Errno(rawValue: rc)) }
+        let pidFD: FileDescriptor
+        do {
+            pidFD = try openPidFD(pid)
+        } catch {
+            // Not an object yet, so no deinit: kill and reap here.
+            kill(-pid, SIGKILL)
+            var raw: Int32 = 0
+            while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
+            throw error
         }
+        spawned = true
         self.pid = pid
         self.lifeline = lifelinePipe.writeEnd
         self.ready = readyPipe.readEnd
-        self.pidFD = try openPidFD(pid)
+        self.pidFD = pidFD
+    }
+
+    private static func pipe() throws -> (readEnd: FileDescriptor, writeEnd: FileDescriptor) {
+        var fds: [Int32] = [-1, -1]
+        guard CShmLinux_pipe_cloexec(&fds) == 0 else { throw SystemCallError("pipe2", Errno(rawValue: errno)) }
+        return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
     }
 
     deinit {

@@ -6,22 +6,32 @@ import SystemPackage
 import Glibc
 #endif
 
-/// How many descriptors of this process refer to `segment`'s memfd (found by its unique name,
-/// so that tests running in parallel do not disturb the count).
-func descriptorsOpen(on segment: Segment) -> Int {
-    var target = [CChar](repeating: 0, count: 4096)
-    let own = readlink("/proc/self/fd/\(segment.descriptor.rawValue)", &target, target.count - 1)
-    guard own > 0, let directory = opendir("/proc/self/fd") else { return -1 }
+/// What `/proc/self/fd/N` links to (for a memfd: "/memfd:NAME (deleted)").
+func descriptorLink(_ descriptor: FileDescriptor) -> String? {
+    readLink("/proc/self/fd/\(descriptor.rawValue)")
+}
+
+/// How many descriptors of this process link to `link` (a memfd's unique name, so that tests
+/// running in parallel do not disturb the count).
+func descriptorsOpen(linkingTo link: String) -> Int {
+    guard let directory = opendir("/proc/self/fd") else { return -1 }
     defer { closedir(directory) }
-    let name = String(decoding: target[0..<own].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     var count = 0
     while let entry = readdir(directory) {
-        let fd = withUnsafeBytes(of: entry.pointee.d_name) {
-            String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-        }
-        var link = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/fd/\(fd)", &link, link.count - 1)
-        if n > 0, String(decoding: link[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == name { count += 1 }
+        let fd = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if readLink("/proc/self/fd/\(fd)") == link { count += 1 }
     }
     return count
+}
+
+/// How many descriptors of this process refer to `segment`'s memfd.
+func descriptorsOpen(on segment: Segment) -> Int {
+    descriptorLink(segment.descriptor).map(descriptorsOpen(linkingTo:)) ?? -1
+}
+
+func readLink(_ path: String) -> String? {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink(path, &buffer, buffer.count - 1)
+    guard n > 0 else { return nil }
+    return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
