@@ -60,13 +60,12 @@ enum PeerCommands {
         try lock.unlock()
     }
 
-    /// `--size BYTES [--fsize-limit BYTES]`: creates a segment, under RLIMIT_FSIZE if given
-    /// (SIGXFSZ ignored, so the limit is an EFBIG error rather than a killed process), and reports
-    /// `created=SIZE` or `error=...` with `errno=N` for a system call failure.
+    /// `--size BYTES [--fsize-limit BYTES]`: creates a segment, under RLIMIT_FSIZE if given, and
+    /// reports `created=SIZE`, or `error=...` (with `syscall=` and `errno=` where they apply).
     static func segmentCreate(_ options: PeerOptions) throws {
         let limit = options.int("fsize-limit", default: -1)
         if limit >= 0 {
-            signal(SIGXFSZ, SIG_IGN)
+            // SIGXFSZ keeps its default action (end the process): the library must answer first.
             var rlim = rlimit(rlim_cur: rlim_t(limit), rlim_max: rlim_t(limit))
             guard setrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &rlim) == 0 else {
                 PeerRuntime.fail("setrlimit(RLIMIT_FSIZE): errno \(errno)")
@@ -77,9 +76,13 @@ enum PeerCommands {
             PeerRuntime.report("created=\(segment.size)")
         } catch {
             PeerRuntime.report("error=\(error)")
-            if case .system(let system) = error {
+            switch error {
+            case .system(let system):
                 PeerRuntime.report("syscall=\(system.syscall)")
                 PeerRuntime.report("errno=\(system.errno.rawValue)")
+            case .fileSizeLimit:
+                PeerRuntime.report("errno=\(EFBIG)")
+            default: break
             }
         }
     }
@@ -94,6 +97,7 @@ enum PeerCommands {
                 PeerRuntime.fail("setrlimit(RLIMIT_NOFILE): errno \(errno)")
             }
         }
+        PeerRuntime.report("open_before=\(openDescriptorCount())")
         do {
             let message = try DescriptorPassing.receive(
                 on: options.descriptor("socket-fd"), capacity: 64, maximumDescriptors: options.int("maximum"))
@@ -101,5 +105,29 @@ enum PeerCommands {
         } catch {
             PeerRuntime.report("error=\(error)")
         }
+        PeerRuntime.report("open_after=\(openDescriptorCount())")
+    }
+
+    /// How many descriptors this process has open (this peer is single-threaded here).
+    static func openDescriptorCount() -> Int {
+        guard let directory = opendir("/proc/self/fd") else { return -1 }
+        defer { closedir(directory) }
+        var count = 0
+        while readdir(directory) != nil { count += 1 }
+        return count
+    }
+
+    /// The highest descriptor number open now.
+    static func highestDescriptor() -> Int32 {
+        guard let directory = opendir("/proc/self/fd") else { return 1024 }
+        defer { closedir(directory) }
+        var highest: Int32 = 0
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if let fd = Int32(name) { highest = max(highest, fd) }
+        }
+        return highest
     }
 }

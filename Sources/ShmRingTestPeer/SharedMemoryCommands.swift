@@ -18,7 +18,7 @@ enum SharedMemoryCommands {
     }
 
     /// `--key K --size N [--writers creator|attachers] [--allow-uid U] [--fill BYTE]
-    /// [--namespace DIR] [--nofile-limit L] [--handshake-ms MS]`: creates the segment, fills it, says "created" and
+    /// [--namespace DIR] [--spare-descriptors N] [--handshake-ms MS]`: creates the segment, fills it, says "created" and
     /// serves until killed (or until its lifeline closes). Reports `segment_id=` or the error.
     static func create(_ options: PeerOptions) throws {
         var policy = AccessPolicy()
@@ -42,8 +42,11 @@ enum SharedMemoryCommands {
             let byte = UInt8(truncatingIfNeeded: options.int("fill"))
             try memory.withUnsafeMutableBytes { _ = $0.initializeMemory(as: UInt8.self, repeating: byte) }
         }
-        if options.has("nofile-limit") {
-            let limit = options.int("nofile-limit")
+        if options.has("spare-descriptors") {
+            // Room for that many more descriptors above the highest one open now (and any holes
+            // below it).
+            let limit = Int(PeerCommands.highestDescriptor()) + 1 + options.int("spare-descriptors")
+            PeerRuntime.report("nofile_limit=\(limit)")
             var rlim = rlimit(rlim_cur: rlim_t(limit), rlim_max: rlim_t(limit))
             guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &rlim) == 0 else {
                 PeerRuntime.fail("setrlimit(RLIMIT_NOFILE): errno \(errno)")
@@ -68,13 +71,14 @@ enum SharedMemoryCommands {
 
     nonisolated(unsafe) static var stopRequested: sig_atomic_t = 0
 
-    /// `--key K --mode ro|rw [--write BYTE] [--hold 1] [--namespace DIR]`: attaches, reports
+    /// `--key K --mode ro|rw [--write BYTE] [--hold 1] [--namespace DIR] [--trust-uid U]`: attaches, reports
     /// `size=`, `first_byte=` and `segment_id=`; with `--write`, stores BYTE at offset 0 through
     /// the raw pointer (on a read-only mapping: SIGSEGV); with `--hold`, says "attached" and waits
     /// to be killed.
     static func attach(_ options: PeerOptions) throws {
         let memory = SharedMemory(key: options.string("key"), namespace: namespace(options))
         let mode: AccessMode = options.string("mode") == "ro" ? .readOnly : .readWrite
+        if options.has("trust-uid") { memory.trustedCreators.insert(uid_t(options.int("trust-uid"))) }
         do {
             try memory.attach(mode: mode)
         } catch {

@@ -106,9 +106,8 @@ package struct RendezvousConnection {
         while true {
             let remaining = deadline - ContinuousClock.now
             guard remaining > .zero else { throw .timedOut(timeout) }
-            let (seconds, attoseconds) = remaining.components
             var entry = pollfd(fd: socket.rawValue, events: Int16(POLLIN), revents: 0)
-            let rc = poll(&entry, 1, Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1))
+            let rc = poll(&entry, 1, remaining.pollMilliseconds)
             if rc < 0 && errno == EINTR { continue }
             if rc == 0 { continue }  // the deadline check above ends it
             do {

@@ -199,7 +199,7 @@ package final class RendezvousServer: @unchecked Sendable {
 
             var nextDeadline = pending.map(\.deadline).min()
             if let until = backoffUntil { nextDeadline = min(nextDeadline ?? until, until) }
-            let timeout = nextDeadline.map { milliseconds(until: $0, from: now) } ?? -1
+            let timeout = nextDeadline.map { ($0 - now).pollMilliseconds } ?? -1
             let ready = Glibc.poll(&entries, nfds_t(entries.count), timeout)
             if ready < 0 && errno != EINTR { usleep(10_000) }  // ENOMEM: do not spin
             if entries[0].revents != 0 { return }
@@ -241,14 +241,6 @@ package final class RendezvousServer: @unchecked Sendable {
                 acceptAll(into: &pending, backoffUntil: &backoffUntil)
             }
         }
-    }
-
-    private func milliseconds(until deadline: ContinuousClock.Instant, from now: ContinuousClock.Instant) -> Int32 {
-        let remaining = deadline - now
-        if remaining <= .zero { return 0 }
-        let (seconds, attoseconds) = remaining.components
-        let total = seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1
-        return Int32(clamping: total)
     }
 
     private func acceptAll(into pending: inout [Pending], backoffUntil: inout ContinuousClock.Instant?) {

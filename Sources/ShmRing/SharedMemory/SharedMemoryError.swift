@@ -78,7 +78,8 @@ extension SharedMemoryError {
         switch error {
         case .invalidSize: self.init(.invalidSize, key: key, error.description)
         case .outOfResources: self.init(.outOfResources, key: key, error.description)
-        case .tooSmall: self.init(.unknown, key: key, error.description)
+        case .fileSizeLimit: self.init(.outOfResources, key: key, error.description, errno: .fileTooLarge)
+        case .tooSmall, .notSealed: self.init(.unknown, key: key, error.description)
         case .system(let system): self.init(system, key: key)
         }
     }
