@@ -272,11 +272,15 @@ int CShmLinux_lock_unlock(CShmLinux_lock_page *page) {
     return rc == 0 ? 0 : -rc;
 }
 
-bool CShmLinux_lock_is_held_by_caller(const CShmLinux_lock_page *page) {
+pid_t CShmLinux_lock_owner(const CShmLinux_lock_page *page) {
     // glibc stores the owner's thread id in __data.__owner (robust mutexes: with FUTEX_OWNER_DIED
-    // possibly set in the futex word, not in __owner).
-    int owner = __atomic_load_n(&page->mutex.__data.__owner, __ATOMIC_RELAXED);
-    return owner == (int)CShmLinux_gettid();
+    // possibly set in the futex word, not in __owner). Relaxed: a thread reading its own tid there
+    // wrote it itself; any other value only says "not me".
+    return (pid_t)__atomic_load_n(&page->mutex.__data.__owner, __ATOMIC_RELAXED);
+}
+
+bool CShmLinux_lock_is_held_by_caller(const CShmLinux_lock_page *page) {
+    return CShmLinux_lock_owner(page) == CShmLinux_gettid();
 }
 
 int CShmLinux_lock_mark_repaired(CShmLinux_lock_page *page) {

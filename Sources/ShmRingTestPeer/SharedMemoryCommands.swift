@@ -21,6 +21,12 @@ enum SharedMemoryCommands {
     /// [--namespace DIR] [--spare-descriptors N] [--handshake-ms MS]`: creates the segment, fills it, says "created" and
     /// serves until killed (or until its lifeline closes). Reports `segment_id=` or the error.
     static func create(_ options: PeerOptions) throws {
+        // SIGUSR1 (report and stop) is blocked in every thread from the start, the server's
+        // included, and taken with sigwait below: no window in which it could be lost or kill us.
+        var stopSignal = sigset_t()
+        sigemptyset(&stopSignal)
+        sigaddset(&stopSignal, SIGUSR1)
+        pthread_sigmask(SIG_BLOCK, &stopSignal, nil)
         var policy = AccessPolicy()
         if options.has("writers") {
             switch options.string("writers") {
@@ -54,13 +60,9 @@ enum SharedMemoryCommands {
         }
         PeerRuntime.report("segment_id=\(memory.segmentID!)")
         PeerRuntime.ready("created")
-        // Serve until told to report the server's counters and stop ("stop" on stdin is not
-        // available: stdin is /dev/null), or until killed.
-        signal(SIGUSR1) { _ in
-            // Async-signal-safe enough for a test peer: sets a flag read below.
-            SharedMemoryCommands.stopRequested = 1
-        }
-        while stopRequested == 0 { pause() }
+        // Serve until SIGUSR1 (report the server's counters and stop), or until killed.
+        var received: Int32 = 0
+        while sigwait(&stopSignal, &received) != 0 {}
         if let statistics = memory.serverStatistics {
             PeerRuntime.report("served=\(statistics.served)")
             PeerRuntime.report("accept_backoffs=\(statistics.acceptBackoffs)")
@@ -68,8 +70,6 @@ enum SharedMemoryCommands {
         }
         memory.detach()
     }
-
-    nonisolated(unsafe) static var stopRequested: sig_atomic_t = 0
 
     /// `--key K --mode ro|rw [--write BYTE] [--hold 1] [--namespace DIR] [--trust-uid U]`: attaches, reports
     /// `size=`, `first_byte=` and `segment_id=`; with `--write`, stores BYTE at offset 0 through

@@ -92,13 +92,15 @@ func readReply(_ socket: FileDescriptor) throws -> RendezvousProtocol.Reply {
     func serve(_ key: String, _ transform: @escaping @Sendable (inout RendezvousProtocol.Reply) -> Void) throws
         -> RendezvousServer
     {
-        try RendezvousServer.start(address: RendezvousAddress(key: key, namespace: .abstract)) { _, _, _ in
+        let server = try RendezvousServer.bind(address: RendezvousAddress(key: key, namespace: .abstract))
+        try server.start(admits: { _ in true }) { _, _, _ in
             var reply = RendezvousProtocol.Reply(
                 status: .ok, segmentKind: .sharedMemory, creatorPID: getpid(), creatorUID: geteuid(),
                 segmentID: .random(), size: 64, mappedSize: 4096)
             transform(&reply)
             return RendezvousServer.Response(reply: reply)
         }
+        return server
     }
 
     @Test func aCreatorOfAnotherProtocolVersionIsIncompatible() throws {
@@ -168,7 +170,7 @@ func readReply(_ socket: FileDescriptor) throws -> RendezvousProtocol.Reply {
     }
 
     @Test func aClientThatSendsNothingIsDroppedAndDoesNotBlockOthers() throws {
-        let creator = try creator(handshake: .milliseconds(300))
+        let creator = try creator(handshake: .seconds(2))
         let silent = try rawConnection(to: creator.key)
         defer { silent.closeIgnoringErrors() }
         #expect(attachWorks(creator.key), "served while a silent client waits")
@@ -210,9 +212,11 @@ func readReply(_ socket: FileDescriptor) throws -> RendezvousProtocol.Reply {
         // The server received five copies of the marker's descriptor and closed them all.
         #expect(descriptorsOpen(on: marker) == 1)
         // The same with more descriptors than the server accepts (truncated: bad request).
+        let another = try rawConnection(to: creator.key)
+        defer { another.closeIgnoringErrors() }
         try DescriptorPassing.send(
-            request.encoded(), descriptors: Array(repeating: marker.descriptor, count: 20),
-            on: try rawConnection(to: creator.key))
+            request.encoded(), descriptors: Array(repeating: marker.descriptor, count: 20), on: another)
+        #expect(try readReply(another).status == .badRequest)
         #expect(attachWorks(creator.key))
         #expect(descriptorsOpen(on: marker) == 1)
     }
@@ -250,5 +254,42 @@ func readReply(_ socket: FileDescriptor) throws -> RendezvousProtocol.Reply {
         let deadline = ContinuousClock.now + .seconds(60)
         while creator.serverStatistics?.attached != 0 && ContinuousClock.now < deadline { usleep(1000) }
         #expect(creator.serverStatistics?.attached == 0)
+    }
+}
+
+@Suite struct RendezvousEdgeTests {
+    @Test func aRefusedClientLearnsNothingAboutTheSegment() throws {
+        var policy = AccessPolicy()
+        policy.allowedUsers = [geteuid() &+ 1]
+        let creator = SharedMemory(key: uniqueKey())
+        try creator.create(size: 12345, policy: policy)
+        let client = try rawConnection(to: creator.key)
+        defer { client.closeIgnoringErrors() }
+        // Refused at accept, before any request.
+        let reply = try readReply(client)
+        #expect(reply.status == .permissionDenied)
+        #expect(reply.segmentID == SegmentID(high: 0, low: 0) && reply.size == 0 && reply.roles.isEmpty)
+        #expect(creator.serverStatistics?.refused == 1)
+    }
+
+    @Test func aSquatterThatNeverAcceptsCannotHangAnAttacher() throws {
+        let key = uniqueKey()
+        let address = try RendezvousAddress(key: key, namespace: .abstract)
+        let listener = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue | SOCK_CLOEXEC.rawValue), 0)
+        defer { close(listener) }
+        try #require(address.withSocketAddress { bind(listener, $0, $1) } == 0)
+        try #require(listen(listener, 0) == 0)
+        // Fill the backlog (never accepted), so that the next connect would block.
+        var fillers: [Int32] = []
+        defer { for fd in fillers { close(fd) } }
+        for _ in 0..<4 {
+            let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue | SOCK_CLOEXEC.rawValue | SOCK_NONBLOCK.rawValue), 0)
+            fillers.append(fd)
+            if address.withSocketAddress({ connect(fd, $0, $1) }) != 0 { break }
+        }
+        let memory = SharedMemory(key: key)
+        memory.handshakeTimeout = .milliseconds(500)
+        let error = expectError(.unknown) { try memory.attach() }
+        #expect(error?.message.contains("no answer") == true, "\(String(describing: error))")
     }
 }

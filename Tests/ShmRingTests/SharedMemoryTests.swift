@@ -55,13 +55,17 @@ func expectError(
     }
 
     @Test func keysOutsideTheGrammarAreKeyErrors() {
-        for key in ["", "a/b", "has space", "ключ", String(repeating: "k", count: 101), "..", "nul\0"] {
+        for key in ["", "a/b", "has space", "ключ", String(repeating: "k", count: 101), "nul\0", "a:b"] {
             expectError(.keyError) { try SharedMemory(key: key).create(size: 10) }
             expectError(.keyError) { try SharedMemory(key: key).attach() }
         }
-        // The longest key is fine.
-        let longest = SharedMemory(key: String(repeating: "k", count: 90) + "\(UInt32.random(in: 1000...9999))xxxxxx")
+        // The longest key is fine, and so is every character of the grammar.
+        let unique = uniqueKey()
+        let longest = SharedMemory(key: String(repeating: "k", count: 100 - unique.count) + unique)
+        #expect(longest.key.utf8.count == 100)
         #expect(throws: Never.self) { try longest.create(size: 10) }
+        let everyCharacter = SharedMemory(key: "AZaz09._-" + uniqueKey())
+        #expect(throws: Never.self) { try everyCharacter.create(size: 10) }
     }
 
     @Test(arguments: [0, -1, SharedMemory.maximumSize + 1, Int.max])
@@ -111,6 +115,30 @@ func expectError(
         try memory.unlock()
         #expect(try memory.lock(timeout: .seconds(1)) == .acquired)
         try memory.unlock()
+    }
+
+    @Test func detachRefusesWhileThisProcessHoldsTheLock() throws {
+        let key = uniqueKey()
+        let creator = SharedMemory(key: key)
+        try creator.create(size: 10)
+        #expect(try creator.lock() == .acquired)
+        #expect(!creator.detach(), "refused: the lock is held")
+        #expect(creator.isAttached)
+        try creator.unlock()
+        #expect(creator.detach())
+    }
+
+    @Test func anAttacherGoingAwayWithTheLockReleasesIt() throws {
+        let key = uniqueKey()
+        let creator = SharedMemory(key: key)
+        try creator.create(size: 10)
+        do {
+            let attacher = SharedMemory(key: key)
+            try attacher.attach()
+            #expect(try attacher.lock() == .acquired)
+        }  // deinit with the lock held by this thread: unlocked, then detached
+        #expect(try creator.tryLock() == .acquired, "not left locked, and not reported as a death")
+        try creator.unlock()
     }
 
     @Test func readOnlyAttachmentOfAnAttachersSegment() throws {

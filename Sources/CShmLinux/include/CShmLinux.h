@@ -150,6 +150,8 @@ int CShmLinux_lock_timedlock(CShmLinux_lock_page *page, int64_t timeout_ns);
 int CShmLinux_lock_unlock(CShmLinux_lock_page *page);
 /// Clears `needs_repair`; -EPERM when the caller's thread does not hold the lock.
 int CShmLinux_lock_mark_repaired(CShmLinux_lock_page *page);
+/// The thread id glibc records as the mutex's owner (0 when free).
+pid_t CShmLinux_lock_owner(const CShmLinux_lock_page *page);
 /// Whether the calling thread holds the mutex (its owner field names this thread).
 bool CShmLinux_lock_is_held_by_caller(const CShmLinux_lock_page *page);
 

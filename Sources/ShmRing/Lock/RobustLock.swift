@@ -153,6 +153,19 @@ package final class RobustLock: @unchecked Sendable {
     /// Whether the calling thread holds the lock.
     package var isHeldByCurrentThread: Bool { CShmLinux_lock_is_held_by_caller(page) }
 
+    /// Whether a thread of this process holds the lock (thread ids are unique in a pid namespace,
+    /// so the owner is ours exactly when /proc/self/task lists it).
+    package var isHeldByThisProcess: Bool {
+        let owner = CShmLinux_lock_owner(page)
+        return owner > 0 && (owner == CShmLinux_gettid() || access("/proc/self/task/\(owner)", F_OK) == 0)
+    }
+
+    /// Keeps `lock`'s page mapped until the process ends: for a lock that a thread of this process
+    /// holds while its owner goes away, whose mutex is still on that thread's robust list.
+    package static func keepMappedForever(_ lock: RobustLock) {
+        _ = Unmanaged.passRetained(lock)
+    }
+
     /// How many holders died holding the lock since it was created.
     package var ownerDeaths: UInt64 {
         // Relaxed: a statistic; its partner is the relaxed fetch-add in CShmLinux's lock_outcome.

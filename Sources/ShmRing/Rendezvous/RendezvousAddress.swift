@@ -43,7 +43,6 @@ package struct RendezvousAddress: Sendable, Hashable {
                 throw .invalidKey(key, "a key may hold only letters, digits, '.', '_' and '-' ([A-Za-z0-9._-]{1,100})")
             }
         }
-        if key == "." || key == ".." { throw .invalidKey(key, "'.' and '..' are not keys") }
         if case .directory(let directory) = namespace {
             guard !directory.isEmpty else { throw .invalidKey(key, "the key directory is empty") }
             let path = "\(directory)/\(key).sock"

@@ -35,32 +35,8 @@ package struct RendezvousConnection {
         to address: RendezvousAddress, request: RendezvousProtocol.Request, trustedUsers: Set<uid_t>,
         timeout: Duration = .seconds(5)
     ) throws(RendezvousError) -> RendezvousConnection {
-        let fd: Int32
-        do throws(SystemCallError) {
-            fd = try systemCall("socket") {
-                Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue | SOCK_CLOEXEC.rawValue), 0)
-            }
-        } catch {
-            throw .system(error)
-        }
-        let socket = FileDescriptor(rawValue: fd)
+        let socket = try connectedSocket(to: address, timeout: timeout)
         do throws(RendezvousError) {
-            var rc: Int32
-            repeat {
-                rc = address.withSocketAddress { Glibc.connect(fd, $0, $1) }
-            } while rc != 0 && errno == EINTR
-            if rc != 0 {
-                let error = Errno(rawValue: errno)
-                switch error {
-                case .noSuchFileOrDirectory, .connectionRefused:
-                    throw RendezvousError.notFound("nobody serves \(address.key) (\(address.displayName): \(error))")
-                case .permissionDenied:
-                    throw RendezvousError.permissionDenied(
-                        "no permission to connect to \(address.displayName) for \(address.key)")
-                default:
-                    throw RendezvousError.system(SystemCallError("connect(\(address.displayName))", error))
-                }
-            }
             // Check the server before telling it anything or trusting anything it sends: a process
             // of another user that squats the key must not feed us forged memory.
             let server: PeerCredentials
@@ -70,15 +46,24 @@ package struct RendezvousConnection {
                     "\(address.key) is served by uid \(server.uid) (pid \(server.pid)), which is not a trusted creator "
                         + "(trusted: \(trustedUsers.sorted().map(String.init).joined(separator: ", ")))")
             }
+            var message: ReceivedMessage
             do {
                 try DescriptorPassing.send(request.encoded(), on: socket)
-            } catch {
-                if error.errno == .brokenPipe || error.errno == .connectionReset {
+                message = try receiveReply(on: socket, key: address.key, timeout: timeout)
+            } catch let error as SystemCallError where error.errno == .brokenPipe || error.errno == .connectionReset {
+                // The server may have answered at once (a refusal at accept) and closed: its reply
+                // is still queued for us.
+                guard let queued = try? receiveReply(on: socket, key: address.key, timeout: .zero) else {
                     throw RendezvousError.notFound("the creator of \(address.key) went away during the handshake")
                 }
+                message = queued
+            } catch let error as SystemCallError {
                 throw RendezvousError.system(error)
+            } catch let error as RendezvousError {
+                throw error
+            } catch {
+                throw RendezvousError.protocolViolation("\(error)")
             }
-            let message = try receiveReply(on: socket, key: address.key, timeout: timeout)
             let reply: RendezvousProtocol.Reply
             do {
                 reply = try RendezvousProtocol.Reply.decode(message.payload)
@@ -99,30 +84,78 @@ package struct RendezvousConnection {
         }
     }
 
+    /// A socket connected to `address`'s server, within `timeout`.
+    ///
+    /// A Unix-socket `connect` blocks while the listener's backlog is full (a squatter that never
+    /// accepts, or a server backing off on EMFILE); `SO_SNDTIMEO` bounds that wait (Linux honours
+    /// it for `connect` on Unix sockets, failing with EAGAIN).
+    package static func connectedSocket(
+        to address: RendezvousAddress, timeout: Duration
+    ) throws(RendezvousError) -> FileDescriptor {
+        let fd: Int32
+        do throws(SystemCallError) {
+            fd = try systemCall("socket") {
+                Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue | SOCK_CLOEXEC.rawValue), 0)
+            }
+        } catch {
+            throw .system(error)
+        }
+        let socket = FileDescriptor(rawValue: fd)
+        let nanoseconds = max(1_000_000, timeout.clampedNanoseconds)
+        var limit = timeval(tv_sec: Int(nanoseconds / 1_000_000_000), tv_usec: Int(nanoseconds % 1_000_000_000 / 1000))
+        guard setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size)) == 0 else {
+            let error = Errno(rawValue: errno)
+            socket.closeIgnoringErrors()
+            throw .system(SystemCallError("setsockopt(SO_SNDTIMEO)", error))
+        }
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if address.withSocketAddress({ Glibc.connect(fd, $0, $1) }) == 0 { return socket }
+            let error = Errno(rawValue: errno)
+            // EINTR: a signal interrupted the wait; go on while time remains.
+            if error == .interrupted && ContinuousClock.now < deadline { continue }
+            socket.closeIgnoringErrors()
+            switch error {
+            case .noSuchFileOrDirectory, .connectionRefused:
+                throw .notFound("nobody serves \(address.key) (\(address.displayName): \(error))")
+            case .permissionDenied:
+                throw .permissionDenied("no permission to connect to \(address.displayName) for \(address.key)")
+            case .resourceTemporarilyUnavailable, .interrupted:
+                throw .timedOut(timeout)
+            default:
+                throw .system(SystemCallError("connect(\(address.displayName))", error))
+            }
+        }
+    }
+
+    /// The reply: whatever is queued now, or what arrives within `timeout`.
     private static func receiveReply(
         on socket: FileDescriptor, key: String, timeout: Duration
     ) throws(RendezvousError) -> ReceivedMessage {
         let deadline = ContinuousClock.now + timeout
         while true {
-            let remaining = deadline - ContinuousClock.now
-            guard remaining > .zero else { throw .timedOut(timeout) }
-            var entry = pollfd(fd: socket.rawValue, events: Int16(POLLIN), revents: 0)
-            let rc = poll(&entry, 1, remaining.pollMilliseconds)
-            if rc < 0 && errno == EINTR { continue }
-            if rc == 0 { continue }  // the deadline check above ends it
             do {
                 return try DescriptorPassing.receive(
                     on: socket, capacity: RendezvousProtocol.maximumReplyLength,
                     maximumDescriptors: RendezvousProtocol.maximumDescriptors, nonBlocking: true)
             } catch {
                 switch error {
-                case .system(let system) where system.errno == .resourceTemporarilyUnavailable: continue
+                case .system(let system) where system.errno == .resourceTemporarilyUnavailable: break
+                case .system(let system) where system.errno == .connectionReset:
+                    // The server closed with our request unread (a refusal at accept): Linux
+                    // reports ECONNRESET once, and the reply it sent before is still queued (the
+                    // next round reads it, within the deadline).
+                    break
                 case .peerClosed, .system:
                     throw .notFound("the creator of \(key) closed the connection without a reply")
                 case .payloadTruncated, .descriptorsTruncated:
                     throw .protocolViolation("the reply for \(key): \(error)")
                 }
             }
+            let remaining = deadline - ContinuousClock.now
+            guard remaining > .zero else { throw .timedOut(timeout) }
+            var entry = pollfd(fd: socket.rawValue, events: Int16(POLLIN), revents: 0)
+            _ = poll(&entry, 1, remaining.pollMilliseconds)  // EINTR or timeout: the loop decides
         }
     }
 

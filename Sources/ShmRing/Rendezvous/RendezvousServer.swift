@@ -37,6 +37,8 @@ package final class RendezvousServer: @unchecked Sendable {
         package init(reply: RendezvousProtocol.Reply) { self.reply = reply }
     }
 
+    /// Answers a request of an admitted client. (The descriptors a client sent: none in version 1,
+    /// where the server closes whatever arrives; the ring consumer's request will carry some.)
     package typealias Handler =
         @Sendable (RendezvousProtocol.Request, PeerCredentials, [FileDescriptor]) -> Response
 
@@ -63,64 +65,88 @@ package final class RendezvousServer: @unchecked Sendable {
     private let wake: FileDescriptor
     private let lockFile: FileDescriptor?
     private let configuration: Configuration
-    private let handler: Handler
+    // Set by `start` before the thread is created (pthread_create orders it for the thread), read
+    // only by the thread afterwards.
+    private var admits: (@Sendable (PeerCredentials) -> Bool)?
+    private var handler: Handler?
     private let counters: UnsafeMutablePointer<UInt64>
     private var thread: pthread_t?
+    private var closed = false
 
     private enum Counter: Int, CaseIterable {
         case served, refused, badRequests, handshakeTimeouts, acceptBackoffs, attached
     }
 
-    /// Binds the key's socket and starts serving.
+    /// Claims the key: takes the directory lock file if any and binds and listens on the socket,
+    /// without serving yet. Claiming first lets a creator learn that the key is taken before it
+    /// reserves any memory.
     ///
     /// - Throws: `.alreadyExists` when a live creator serves the key; `.system` otherwise.
-    package static func start(
-        address: RendezvousAddress, configuration: Configuration = Configuration(), handler: @escaping Handler
+    package static func bind(
+        address: RendezvousAddress, configuration: Configuration = Configuration()
     ) throws(RendezvousError) -> RendezvousServer {
         var lockFile: FileDescriptor?
+        var listener: FileDescriptor?
         do throws(RendezvousError) {
             if let lockPath = address.lockPath {
                 lockFile = try acquireLockFile(lockPath, address: address)
                 // We hold the lock: any socket file is a crashed creator's leftover.
                 if let socketPath = address.socketPath { unlink(socketPath) }
             }
-            let listener = try bindListener(address, backlog: configuration.backlog)
+            listener = try bindListener(address, backlog: configuration.backlog)
             let wake: FileDescriptor
-            do {
+            do throws(SystemCallError) {
                 wake = FileDescriptor(
                     rawValue: try systemCall("eventfd") {
                         CShmLinux_eventfd(0, CShmLinux_EFD_CLOEXEC | CShmLinux_EFD_NONBLOCK)
                     })
             } catch {
-                listener.closeIgnoringErrors()
-                throw RendezvousError.system(error)
+                throw .system(error)
             }
-            let server = RendezvousServer(
-                address: address, listener: listener, wake: wake, lockFile: lockFile, configuration: configuration,
-                handler: handler)
-            do {
-                server.thread = try startThread { [server] in server.serve() }
-            } catch {
-                server.closeEverything()
-                throw RendezvousError.system(error)
-            }
-            return server
+            return RendezvousServer(
+                address: address, listener: listener!, wake: wake, lockFile: lockFile, configuration: configuration)
         } catch {
-            lockFile?.closeIgnoringErrors()
+            // Nothing owns them yet: close here, once.
+            if let listener {
+                listener.closeIgnoringErrors()
+                if let socketPath = address.socketPath { unlink(socketPath) }
+            }
+            if let lockFile, let lockPath = address.lockPath {
+                unlink(lockPath)
+                lockFile.closeIgnoringErrors()
+            }
             throw error
+        }
+    }
+
+    /// Starts the serving thread.
+    ///
+    /// - Parameters:
+    ///   - admits: the access policy, applied as soon as a connection is accepted: a client it
+    ///     refuses gets a `permissionDenied` reply at once and never takes a handshake slot.
+    ///   - handler: answers an admitted client's request (on the server thread).
+    package func start(
+        admits: @escaping @Sendable (PeerCredentials) -> Bool, handler: @escaping Handler
+    ) throws(RendezvousError) {
+        precondition(thread == nil && !closed, "start() once, on a bound server")
+        self.admits = admits
+        self.handler = handler
+        do throws(SystemCallError) {
+            thread = try startThread { [self] in serve() }
+        } catch {
+            throw .system(error)
         }
     }
 
     private init(
         address: RendezvousAddress, listener: FileDescriptor, wake: FileDescriptor, lockFile: FileDescriptor?,
-        configuration: Configuration, handler: @escaping Handler
+        configuration: Configuration
     ) {
         self.address = address
         self.listener = listener
         self.wake = wake
         self.lockFile = lockFile
         self.configuration = configuration
-        self.handler = handler
         counters = .allocate(capacity: Counter.allCases.count)
         counters.initialize(repeating: 0, count: Counter.allCases.count)
     }
@@ -133,11 +159,12 @@ package final class RendezvousServer: @unchecked Sendable {
     /// Stops serving: closes every connection (attachers see the hang-up), unbinds the name, and
     /// joins the thread. Idempotent; called from the owner's thread.
     package func stop() {
-        guard let thread else { return }
-        var one: UInt64 = 1
-        _ = Glibc.write(wake.rawValue, &one, 8)
-        pthread_join(thread, nil)
-        self.thread = nil
+        if let thread {
+            var one: UInt64 = 1
+            _ = Glibc.write(wake.rawValue, &one, 8)
+            pthread_join(thread, nil)
+            self.thread = nil
+        }
         closeEverything()
     }
 
@@ -158,6 +185,8 @@ package final class RendezvousServer: @unchecked Sendable {
     }
 
     private func closeEverything() {
+        guard !closed else { return }
+        closed = true
         listener.closeIgnoringErrors()
         wake.closeIgnoringErrors()
         if let socketPath = address.socketPath { unlink(socketPath) }
@@ -259,6 +288,14 @@ package final class RendezvousServer: @unchecked Sendable {
                 }
             }
             let socket = FileDescriptor(rawValue: fd)
+            // The policy first: credentials are known from accept on, so a refused client never
+            // takes a handshake slot (and cannot crowd out admitted ones).
+            guard let credentials = try? PeerCredentials.of(socket), admits?(credentials) == true else {
+                count(.refused)
+                reject(socket, .permissionDenied)
+                socket.closeIgnoringErrors()
+                continue
+            }
             if pending.count >= configuration.maximumPendingConnections {
                 count(.refused)
                 socket.closeIgnoringErrors()
@@ -284,7 +321,9 @@ package final class RendezvousServer: @unchecked Sendable {
             }
             return false
         }
-        defer { for descriptor in message.descriptors { descriptor.closeIgnoringErrors() } }
+        // Version 1 uses no client descriptors: close them before anything else (and before the
+        // reply, so that a client that has its reply knows they are gone).
+        for descriptor in message.descriptors { descriptor.closeIgnoringErrors() }
         let request: RendezvousProtocol.Request
         do {
             request = try RendezvousProtocol.Request.decode(message.payload)
@@ -299,10 +338,15 @@ package final class RendezvousServer: @unchecked Sendable {
             reject(socket, .unsupportedVersion)
             return false
         }
-        guard let credentials = try? PeerCredentials.of(socket) else { return false }
-        let response = handler(request, credentials, message.descriptors)
+        guard let credentials = try? PeerCredentials.of(socket), let handler else { return false }
+        var response = handler(request, credentials, [])
         defer { for descriptor in response.temporaryDescriptors { descriptor.closeIgnoringErrors() } }
         let ok = response.reply.status == .ok
+        if !ok {
+            // A refused client learns why, and nothing about the segment.
+            response.reply = Self.refusal(response.reply.status, errno: response.reply.errno)
+            response.descriptors = []
+        }
         let staysOpen = ok && response.keepOpen
         // Counted before the reply goes out, so that a client that has its reply sees itself counted.
         count(ok ? .served : .refused)
@@ -319,12 +363,19 @@ package final class RendezvousServer: @unchecked Sendable {
         return staysOpen
     }
 
-    /// Best-effort error reply to a client that broke the protocol.
+    /// Best-effort error reply to a client that is refused or broke the protocol.
     private func reject(_ socket: FileDescriptor, _ status: RendezvousProtocol.Status) {
-        let reply = RendezvousProtocol.Reply(
+        try? DescriptorPassing.send(Self.refusal(status).encoded(), on: socket)
+    }
+
+    /// A reply that says only why: no segment id, sizes or flags (the creator's pid and uid are no
+    /// secret: SO_PEERCRED tells them to anyone who connects).
+    private static func refusal(_ status: RendezvousProtocol.Status, errno: Int32 = 0) -> RendezvousProtocol.Reply {
+        var reply = RendezvousProtocol.Reply(
             status: status, segmentKind: .sharedMemory, creatorPID: getpid(), creatorUID: geteuid(),
             segmentID: SegmentID(high: 0, low: 0), size: 0, mappedSize: 0)
-        try? DescriptorPassing.send(reply.encoded(), on: socket)
+        reply.errno = errno
+        return reply
     }
 
     // MARK: - Binding

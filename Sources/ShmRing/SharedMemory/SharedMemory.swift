@@ -76,7 +76,18 @@ public final class SharedMemory {
         self.namespace = namespace
     }
 
-    deinit { detach() }
+    deinit {
+        guard let attachment else { return }
+        // Going away with the lock held: release it if this thread holds it; if another thread of
+        // this process does, keep the lock page mapped for good (a small leak) rather than leave a
+        // dangling entry on that thread's robust list.
+        if attachment.lock.isHeldByCurrentThread { try? attachment.lock.unlock() }
+        if attachment.lock.isHeldByThisProcess { RobustLock.keepMappedForever(attachment.lock) }
+        self.attachment = nil
+        attachment.server?.stop()
+        attachment.connection?.closeIgnoringErrors()
+        attachment.segment.close()
+    }
 
     // MARK: - Create, attach, detach
 
@@ -100,6 +111,16 @@ public final class SharedMemory {
             throw SharedMemoryError(
                 .invalidSize, key: key, "invalid size \(size): a segment holds 1 to \(Self.maximumSize) bytes")
         }
+        // Claim the key first: a live key is `alreadyExists` before any memory is reserved.
+        var configuration = RendezvousServer.Configuration()
+        configuration.handshakeTimeout = handshakeTimeout
+        let server: RendezvousServer
+        do {
+            server = try RendezvousServer.bind(address: address, configuration: configuration)
+        } catch {
+            throw SharedMemoryError(error, key: key)
+        }
+        // From here on, a failure releases the key again (the server's deinit unbinds it).
         let segment: Segment
         let lock: RobustLock
         do {
@@ -115,12 +136,9 @@ public final class SharedMemory {
             throw SharedMemoryError(error, key: key)
         }
         let segmentID = SegmentID.random()
-        let server: RendezvousServer
         do {
-            var configuration = RendezvousServer.Configuration()
-            configuration.handshakeTimeout = handshakeTimeout
-            server = try RendezvousServer.start(
-                address: address, configuration: configuration,
+            try server.start(
+                admits: { [policy] in policy.admits($0) },
                 handler: Self.handler(
                     data: segment.descriptor.rawValue, lock: lock.segment.descriptor.rawValue, size: size,
                     mappedSize: segment.mappedSize, policy: policy, segmentID: segmentID))
@@ -158,18 +176,27 @@ public final class SharedMemory {
             connection.close()
             throw SharedMemoryError(.incompatible, key: key, "\(key) is a ring, not a shared-memory segment")
         }
-        guard let data = connection.descriptor(.data), let lockDescriptor = connection.descriptor(.lock),
-            reply.size > 0, reply.size <= UInt64(Self.maximumSize)
+        // Exactly one data and one lock descriptor; anything else in the reply is closed.
+        guard reply.roles.count == 2, let dataIndex = reply.roles.firstIndex(of: .data),
+            let lockIndex = reply.roles.firstIndex(of: .lock), reply.size > 0,
+            reply.size <= UInt64(Self.maximumSize)
         else {
             connection.close()
             throw SharedMemoryError(
-                .unknown, key: key, "the creator's reply lacks a descriptor or has size \(reply.size)")
+                .unknown, key: key, "the creator's reply has roles \(reply.roles) and size \(reply.size)")
         }
+        let data = connection.descriptors[dataIndex]
+        let lockDescriptor = connection.descriptors[lockIndex]
         // The segment and the lock take their descriptors; the connection keeps only its socket.
+        // A creator-only segment must carry F_SEAL_FUTURE_WRITE: then read-only is the kernel's
+        // promise, not the creator's.
+        var seals: Segment.Seals = [.grow, .shrink, .seal]
+        if reply.flags.contains(.creatorOnlyWriters) { seals.insert(.futureWrite) }
         let segment: Segment
         do {
             segment = try Segment.attach(
-                descriptor: data, size: Int(reply.size), access: mode == .readOnly ? .readOnly : .readWrite)
+                descriptor: data, size: Int(reply.size), access: mode == .readOnly ? .readOnly : .readWrite,
+                requiredSeals: seals)
         } catch {
             lockDescriptor.closeIgnoringErrors()
             connection.socket.closeIgnoringErrors()
@@ -188,12 +215,17 @@ public final class SharedMemory {
     }
 
     /// Detaches: unmaps the memory and closes every descriptor. A creator also stops serving the
-    /// key (attachers keep their memory). Returns false if nothing was attached.
+    /// key (attachers keep their memory). Returns false if nothing was attached, or if a thread of
+    /// this process holds the lock (unlock first, as in Qt).
     ///
     /// After it, pointers obtained from `data` are dangling.
     @discardableResult
     public func detach() -> Bool {
         guard let attachment else { return false }
+        // A held lock must not be unmapped: the mutex is on its holder thread's robust list, which
+        // the kernel walks when that thread exits (and glibc on the next lock), and other processes
+        // would wait for it forever. Qt's detach refuses here too.
+        if attachment.lock.isHeldByThisProcess { return false }
         attachment.server?.stop()
         attachment.connection?.closeIgnoringErrors()
         attachment.segment.close()
@@ -230,10 +262,11 @@ public final class SharedMemory {
     }
 
     private static func isServed(_ address: RendezvousAddress) -> Bool {
-        let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue | SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        return address.withSocketAddress { connect(fd, $0, $1) } == 0
+        guard let socket = try? RendezvousConnection.connectedSocket(to: address, timeout: .seconds(5)) else {
+            return false
+        }
+        socket.closeIgnoringErrors()
+        return true
     }
 
     // MARK: - State
