@@ -170,14 +170,34 @@ extension MultiProcess {
     }
 
     /// Credentials across users. CI runs as root with `setpriv`: these tests fail, not skip, there.
-    @Suite struct SharedMemoryAcrossUsersTests {
+    @Suite final class SharedMemoryAcrossUsersTests {
+        /// Removes the copy of the peer made for uid 65534 (each test gets its own instance).
+        deinit {
+            unlink("\(Self.copyDirectory)/shmring-test-peer")
+            rmdir(Self.copyDirectory)
+        }
+
+        static var copyDirectory: String { "/tmp/shmring-nobody-\(getpid())" }
+
         static let nobody = "65534"
         static var canSwitchUsers: Bool { geteuid() == 0 && access("/usr/bin/setpriv", X_OK) == 0 }
 
+        /// The peer, run as uid/gid 65534 without supplementary groups. It runs from a copy in a
+        /// world-readable directory: the checkout may sit below a directory that user cannot
+        /// enter (its Swift libraries are found by absolute runpath, so the copy runs as is).
         func asNobody(_ arguments: [String]) throws -> ChildProcess {
-            try ChildProcess(
+            let directory = Self.copyDirectory
+            let copy = "\(directory)/shmring-test-peer"
+            if access(copy, X_OK) != 0 {
+                mkdir(directory, 0o755)
+                let cp = try ChildProcess("/bin/cp", [TestPeer.debug, copy])
+                try #require(cp.wait() == .exited(0), "\(cp.standardError)")
+                chmod(directory, 0o755)
+                chmod(copy, 0o755)
+            }
+            return try ChildProcess(
                 "/usr/bin/setpriv",
-                ["--reuid=\(Self.nobody)", "--regid=\(Self.nobody)", "--clear-groups", TestPeer.debug] + arguments)
+                ["--reuid=\(Self.nobody)", "--regid=\(Self.nobody)", "--clear-groups", copy] + arguments)
         }
 
         @Test(.enabled(if: canSwitchUsers, "needs root and setpriv")) func anotherUserCannotAttach() throws {
