@@ -114,6 +114,10 @@ package enum RendezvousError: Error, Equatable, CustomStringConvertible {
     case timedOut(Duration)
     /// The creator could not serve the request (errno from the reply).
     case serverError(Errno)
+    /// Every ring consumer slot is taken.
+    case noFreeSlot
+    /// The ring's producer refuses gating consumers.
+    case gatingRefused
     /// A system call failed.
     case system(SystemCallError)
 
@@ -129,6 +133,8 @@ package enum RendezvousError: Error, Equatable, CustomStringConvertible {
         case .wrongKind(let kind): "the key serves a \(kind == .ring ? "ring" : "shared-memory segment")"
         case .timedOut(let timeout): "no answer from the creator within \(timeout)"
         case .serverError(let errno): "the creator could not serve the request: \(errno)"
+        case .noFreeSlot: "every consumer slot of the ring is taken"
+        case .gatingRefused: "the producer refuses gating consumers"
         case .system(let error): error.description
         }
     }

@@ -179,6 +179,8 @@ package struct RendezvousConnection {
                 "the creator of \(key) does not accept rendezvous protocol \(RendezvousProtocol.version)")
         case .badRequest: throw .protocolViolation("the creator of \(key) did not understand the request")
         case .serverError: throw .serverError(Errno(rawValue: reply.errno))
+        case .noFreeSlot: throw .noFreeSlot
+        case .gatingRefused: throw .gatingRefused
         }
         guard reply.roles.count == descriptorCount else {
             throw .protocolViolation("the reply names \(reply.roles.count) descriptors but carries \(descriptorCount)")

@@ -48,6 +48,10 @@ package enum RendezvousProtocol {
         case serverError = 5
         /// A read-write attach where only the creator may write.
         case readOnlySegment = 6
+        /// A ring consumer, but every slot is taken.
+        case noFreeSlot = 7
+        /// A gating ring consumer, but the producer refuses gating consumers.
+        case gatingRefused = 8
     }
 
     /// What each descriptor in a reply is.
@@ -56,6 +60,8 @@ package enum RendezvousProtocol {
         case data = 1
         /// The robust lock's memfd, mapped read-write.
         case lock = 2
+        /// A ring consumer's slot page, mapped read-write by that consumer.
+        case consumerSlot = 3
     }
 
     /// Request flags.
@@ -64,6 +70,8 @@ package enum RendezvousProtocol {
         package init(rawValue: UInt16) { self.rawValue = rawValue }
         /// The client wants to write.
         package static let readWrite = RequestFlags(rawValue: 1 << 0)
+        /// A ring consumer that gates the producer (`.attachRingConsumer`).
+        package static let gating = RequestFlags(rawValue: 1 << 1)
     }
 
     /// A request: 16 bytes.
@@ -127,9 +135,12 @@ package enum RendezvousProtocol {
     /// 0      4       6      8       10     12      16          20         24
     /// | magic| ver   | min  | status| kind | errno | layoutVer | creatorPid|
     /// 24            28        32                      48          56          64
-    /// | creatorUid  | reserved| segment id (16 bytes) | size      | mapped    |
-    /// 64        66        68         72
-    /// | nDescr  | flags   | reserved | roles (2 bytes each) ...
+    /// | creatorUid  | slot    | segment id (16 bytes) | size      | mapped    |
+    /// 64        66        68          72
+    /// | nDescr  | flags   | generation | roles (2 bytes each) ...
+    /// ```
+    /// `slot` and `generation` are a ring consumer's slot (0 otherwise).
+    /// ```
     /// ```
     package struct Reply: Equatable, Sendable {
         package var version: UInt16 = RendezvousProtocol.version
@@ -151,6 +162,9 @@ package enum RendezvousProtocol {
         package var flags: ReplyFlags = []
         /// The role of each descriptor sent with the reply, in order.
         package var roles: [DescriptorRole] = []
+        /// A ring consumer's slot index and its generation.
+        package var slot: UInt32 = 0
+        package var generation: UInt32 = 0
 
         package init(
             status: Status, segmentKind: SegmentKind, creatorPID: Int32, creatorUID: UInt32,
@@ -178,14 +192,14 @@ package enum RendezvousProtocol {
             writer.put(layoutVersion)
             writer.put(UInt32(bitPattern: creatorPID))
             writer.put(creatorUID)
-            writer.put(UInt32(0))
+            writer.put(slot)
             writer.put(segmentID.high)
             writer.put(segmentID.low)
             writer.put(size)
             writer.put(mappedSize)
             writer.put(UInt16(roles.count))
             writer.put(flags.rawValue)
-            writer.put(UInt32(0))
+            writer.put(generation)
             for role in roles { writer.put(role.rawValue) }
             return writer.bytes
         }
@@ -202,13 +216,13 @@ package enum RendezvousProtocol {
             let layoutVersion = try reader.u32()
             let pid = Int32(bitPattern: try reader.u32())
             let uid = try reader.u32()
-            _ = try reader.u32()
+            let slot = try reader.u32()
             let id = SegmentID(high: try reader.u64(), low: try reader.u64())
             let size = try reader.u64()
             let mappedSize = try reader.u64()
             let count = Int(try reader.u16())
             let flags = ReplyFlags(rawValue: try reader.u16())
-            _ = try reader.u32()
+            let generation = try reader.u32()
             guard let status = Status(rawValue: rawStatus) else { throw .malformed("unknown status \(rawStatus)") }
             guard let kind = SegmentKind(rawValue: rawKind) else { throw .malformed("unknown segment kind \(rawKind)") }
             guard count <= maximumDescriptors, bytes.count == fixedLength + 2 * count else {
@@ -231,6 +245,8 @@ package enum RendezvousProtocol {
             reply.layoutVersion = layoutVersion
             reply.flags = flags
             reply.roles = roles
+            reply.slot = slot
+            reply.generation = generation
             return reply
         }
     }

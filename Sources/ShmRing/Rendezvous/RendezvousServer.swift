@@ -33,6 +33,9 @@ package final class RendezvousServer: @unchecked Sendable {
         package var temporaryDescriptors: [FileDescriptor] = []
         /// Keep the connection open after a successful reply (the attacher's liveness channel).
         package var keepOpen = false
+        /// Runs on the server thread when a kept connection ends (the attacher detached or died),
+        /// or when the server stops.
+        package var onClose: (@Sendable () -> Void)?
 
         package init(reply: RendezvousProtocol.Reply) { self.reply = reply }
     }
@@ -205,13 +208,24 @@ package final class RendezvousServer: @unchecked Sendable {
         var deadline: ContinuousClock.Instant
     }
 
+    /// A connection kept open after its reply, and what to do when it ends.
+    private struct Attached {
+        var socket: FileDescriptor
+        var onClose: (@Sendable () -> Void)?
+
+        func close() {
+            socket.closeIgnoringErrors()
+            onClose?()
+        }
+    }
+
     private func serve() {
         var pending: [Pending] = []
-        var attached: [FileDescriptor] = []
+        var attached: [Attached] = []
         var backoffUntil: ContinuousClock.Instant?
         defer {
             for connection in pending { connection.socket.closeIgnoringErrors() }
-            for socket in attached { socket.closeIgnoringErrors() }
+            for connection in attached { connection.close() }
             count(.attached, -Int64(attached.count))
         }
         while true {
@@ -224,7 +238,9 @@ package final class RendezvousServer: @unchecked Sendable {
                 entries.append(pollfd(fd: connection.socket.rawValue, events: Int16(POLLIN), revents: 0))
             }
             let hangUp = Int16(POLLIN) | CShmLinux_POLLRDHUP
-            for socket in attached { entries.append(pollfd(fd: socket.rawValue, events: hangUp, revents: 0)) }
+            for connection in attached {
+                entries.append(pollfd(fd: connection.socket.rawValue, events: hangUp, revents: 0))
+            }
 
             var nextDeadline = pending.map(\.deadline).min()
             if let until = backoffUntil { nextDeadline = min(nextDeadline ?? until, until) }
@@ -236,13 +252,13 @@ package final class RendezvousServer: @unchecked Sendable {
             // Attached connections: any event ends one, a hang-up or a message where the protocol
             // allows none after the reply.
             let attachedBase = 2 + pending.count
-            var stillAttached: [FileDescriptor] = []
-            for (index, socket) in attached.enumerated() {
+            var stillAttached: [Attached] = []
+            for (index, connection) in attached.enumerated() {
                 if entries[attachedBase + index].revents != 0 {
-                    socket.closeIgnoringErrors()
+                    connection.close()
                     count(.attached, -1)
                 } else {
-                    stillAttached.append(socket)
+                    stillAttached.append(connection)
                 }
             }
             attached = stillAttached
@@ -252,8 +268,8 @@ package final class RendezvousServer: @unchecked Sendable {
             let afterPoll = ContinuousClock.now
             for (index, connection) in pending.enumerated() {
                 if entries[2 + index].revents != 0 {
-                    if handle(connection.socket) {
-                        attached.append(connection.socket)
+                    if let kept = handle(connection.socket) {
+                        attached.append(kept)
                     } else {
                         connection.socket.closeIgnoringErrors()
                     }
@@ -305,8 +321,8 @@ package final class RendezvousServer: @unchecked Sendable {
         }
     }
 
-    /// Serves one request. Returns true when the connection stays open as a liveness channel.
-    private func handle(_ socket: FileDescriptor) -> Bool {
+    /// Serves one request. Returns the connection when it stays open as a liveness channel.
+    private func handle(_ socket: FileDescriptor) -> Attached? {
         let message: ReceivedMessage
         do {
             message = try DescriptorPassing.receive(
@@ -319,7 +335,7 @@ package final class RendezvousServer: @unchecked Sendable {
             case .peerClosed, .system:
                 break  // vanished mid-handshake, or EAGAIN after a spurious wake-up: just drop it
             }
-            return false
+            return nil
         }
         // Version 1 uses no client descriptors: close them before anything else (and before the
         // reply, so that a client that has its reply knows they are gone).
@@ -330,15 +346,15 @@ package final class RendezvousServer: @unchecked Sendable {
         } catch {
             count(.badRequests)
             reject(socket, .badRequest)
-            return false
+            return nil
         }
         guard RendezvousProtocol.isCompatible(version: request.version, minimum: request.minimumCompatibleVersion)
         else {
             count(.badRequests)
             reject(socket, .unsupportedVersion)
-            return false
+            return nil
         }
-        guard let credentials = try? PeerCredentials.of(socket), let handler else { return false }
+        guard let credentials = try? PeerCredentials.of(socket), let handler else { return nil }
         var response = handler(request, credentials, [])
         defer { for descriptor in response.temporaryDescriptors { descriptor.closeIgnoringErrors() } }
         let ok = response.reply.status == .ok
@@ -356,11 +372,17 @@ package final class RendezvousServer: @unchecked Sendable {
                 response.reply.encoded(), descriptors: response.descriptors + response.temporaryDescriptors,
                 on: socket)
         } catch {
-            // The client vanished (EPIPE, ECONNRESET) or will not read (EAGAIN).
+            // The client vanished (EPIPE, ECONNRESET) or will not read (EAGAIN): release what the
+            // handler set aside for it.
             if staysOpen { count(.attached, -1) }
-            return false
+            response.onClose?()
+            return nil
         }
-        return staysOpen
+        guard staysOpen else {
+            response.onClose?()
+            return nil
+        }
+        return Attached(socket: socket, onClose: response.onClose)
     }
 
     /// Best-effort error reply to a client that is refused or broke the protocol.

@@ -66,7 +66,8 @@ extension SharedMemoryError {
             self.init(.permissionDenied, key: key, "only the creator writes this segment: attach it .readOnly")
         case .incompatibleVersion(let what): self.init(.incompatible, key: key, what)
         case .wrongKind: self.init(.incompatible, key: key, "\(key) is a ring, not a shared-memory segment")
-        case .protocolViolation, .timedOut: self.init(.unknown, key: key, error.description)
+        case .protocolViolation, .timedOut, .noFreeSlot, .gatingRefused:
+            self.init(.unknown, key: key, error.description)
         case .serverError(let errno):
             let code: Code = errno == .tooManyOpenFiles || errno == .noMemory ? .outOfResources : .unknown
             self.init(code, key: key, error.description, errno: errno)

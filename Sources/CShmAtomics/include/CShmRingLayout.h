@@ -1,0 +1,141 @@
+// CShmRingLayout: the ring's shared-memory layout, version 1, as C structs.
+//
+// This is the C mirror of Swift's `RingLayout` (Sources/ShmRing/Ring/RingLayout.swift), which
+// holds every offset the library uses; a test compares the two field by field, and the
+// _Static_asserts below pin the C side. docs/layout.md draws it. The perf/ C twin of the ring
+// includes this header, so the twin and ShmRing share one record format by construction.
+//
+// Fields are grouped by writer: a cache-line group is written by one party only.
+#ifndef CSHMRINGLAYOUT_H
+#define CSHMRINGLAYOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CSHMRING_MAGIC 0x31474e49524d4853ULL  // "SHMRING1" little-endian
+#define CSHMRING_LAYOUT_VERSION 1u
+#define CSHMRING_ENDIANNESS_MARK 0x01020304u
+#define CSHMRING_LINE 64u
+/// Two cache lines: a group of fields is padded to 128 bytes (adjacent-line prefetch).
+#define CSHMRING_GROUP 128u
+#define CSHMRING_DATA_OFFSET 4096u
+#define CSHMRING_BOUNDARY_ENTRIES 16u
+#define CSHMRING_RECORD_HEADER 16u
+/// Set in a commit word's sequence half for a padding record (the rest of the lap is empty).
+#define CSHMRING_PADDING_FLAG 0x8000000000000000ULL
+#define CSHMRING_SEQUENCE_MASK 0x7fffffffffffffffULL
+
+/// Written once by the creator before any consumer can attach; read by everyone.
+typedef struct {
+    uint64_t magic;
+    uint32_t layout_version;
+    uint32_t endianness;
+    uint32_t word_size;
+    uint32_t cache_line_size;
+    uint64_t capacity;
+    uint32_t alignment;
+    uint32_t max_message_length;
+    uint32_t max_consumers;
+    uint32_t record_header_size;
+    uint64_t data_offset;
+    uint64_t segment_id_high;
+    uint64_t segment_id_low;
+    uint64_t salt;
+    uint64_t type_name_hash;
+    uint32_t type_size;
+    uint32_t type_stride;
+    uint32_t type_alignment;
+    uint32_t type_version;
+    uint32_t flags;
+    uint32_t producer_pid;
+    uint8_t reserved[CSHMRING_GROUP - 112];
+} CShmRing_config;
+
+/// Written by the producer only.
+typedef struct {
+    /// The end of the space claimed so far (>= tail): what a lossy reader checks for laps.
+    uint64_t tail_intent;
+    /// Seqlock over (tail, tail_sequence): odd while they change.
+    uint64_t tail_version;
+    /// The end of the committed records: the position of the next record.
+    uint64_t tail;
+    /// The sequence number of the record at `tail`.
+    uint64_t tail_sequence;
+    /// The producer will not write at or beyond this position until it has looked at the
+    /// consumers again (gating minimum + capacity). Joiners validate against it.
+    uint64_t limit;
+    uint32_t epoch;
+    uint32_t wake_word;
+    uint8_t reserved[CSHMRING_GROUP - 48];
+} CShmRing_producer;
+
+/// Written by the producer only, once per commit (statistics).
+typedef struct {
+    uint64_t published_messages;
+    uint64_t published_bytes;
+    uint64_t back_pressure_events;
+    uint8_t reserved[CSHMRING_GROUP - 24];
+} CShmRing_counters;
+
+/// The position and sequence of the first record that starts in one sixteenth of the ring,
+/// under a seqlock (odd `version` while it changes). Written by the producer only.
+typedef struct {
+    uint64_t version;
+    uint64_t position;
+    uint64_t sequence;
+    uint64_t reserved;
+} CShmRing_boundary;
+
+/// The header memfd: configuration, producer, counters, boundary index; the data region starts at
+/// CSHMRING_DATA_OFFSET. Sealed F_SEAL_FUTURE_WRITE: only the producer's mapping writes it.
+typedef struct {
+    CShmRing_config config;
+    CShmRing_producer producer;
+    CShmRing_counters counters;
+    CShmRing_boundary boundaries[CSHMRING_BOUNDARY_ENTRIES];
+} CShmRing_header;
+
+/// A record's header in the data region; the payload follows, the record is padded to the
+/// ring's alignment. `commit` is written last (release): `(sequence | padding flag) ^ salt`.
+typedef struct {
+    uint64_t commit;
+    uint32_t length;
+    uint32_t type;
+} CShmRing_record;
+
+/// One consumer slot: a page in a memfd of its own. The consumer writes its line; the producer's
+/// rendezvous server writes the owner line.
+typedef struct {
+    // Consumer line.
+    uint64_t cursor;
+    /// Equal to `generation` while the consumer is active; anything else is inactive.
+    uint64_t active;
+    uint32_t policy;
+    uint32_t pid;
+    uint64_t delivered;
+    uint64_t delivered_bytes;
+    uint8_t reserved0[CSHMRING_GROUP - 40];
+    // Sleeping line (the wake-up issue).
+    uint32_t sleeping;
+    uint8_t reserved1[CSHMRING_GROUP - 4];
+    // Owner line: written by the producer's server when it hands out or reclaims the slot.
+    uint64_t generation;
+    uint8_t reserved2[CSHMRING_GROUP - 8];
+} CShmRing_slot;
+
+_Static_assert(sizeof(CShmRing_config) == CSHMRING_GROUP, "config is one group");
+_Static_assert(offsetof(CShmRing_config, capacity) == 24, "capacity");
+_Static_assert(offsetof(CShmRing_config, salt) == 72, "salt");
+_Static_assert(offsetof(CShmRing_config, flags) == 104, "flags");
+_Static_assert(sizeof(CShmRing_producer) == CSHMRING_GROUP, "producer is one group");
+_Static_assert(sizeof(CShmRing_counters) == CSHMRING_GROUP, "counters are one group");
+_Static_assert(offsetof(CShmRing_header, producer) == 128, "producer line");
+_Static_assert(offsetof(CShmRing_header, counters) == 256, "counters");
+_Static_assert(offsetof(CShmRing_header, boundaries) == 384, "boundary index");
+_Static_assert(sizeof(CShmRing_header) <= CSHMRING_DATA_OFFSET, "the header fits before the data");
+_Static_assert(sizeof(CShmRing_record) == CSHMRING_RECORD_HEADER, "record header");
+_Static_assert(offsetof(CShmRing_slot, sleeping) == 128, "sleeping line");
+_Static_assert(offsetof(CShmRing_slot, generation) == 256, "owner line");
+_Static_assert(sizeof(CShmRing_slot) == 3 * CSHMRING_GROUP, "slot");
+
+#endif  // CSHMRINGLAYOUT_H

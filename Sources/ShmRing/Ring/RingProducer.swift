@@ -1,0 +1,629 @@
+import CShmAtomics
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The producer's own state, in memory that only this process sees, behind a pointer: the hot
+/// path mutates it without the dynamic exclusivity checks a class's stored `var`s would cost.
+@usableFromInline
+struct ProducerState {
+    /// Where the next record goes.
+    @usableFromInline var position: UInt64
+    /// The next record's sequence number.
+    @usableFromInline var sequence: UInt64
+    /// No byte at or after this position may be written before the consumers are looked at again.
+    @usableFromInline var limit: UInt64
+    /// Look at the consumers again once a claim reaches this (the low watermark below `limit`).
+    @usableFromInline var rescanAt: UInt64
+    /// A claim or batch is in progress.
+    @usableFromInline var busy: Bool
+    /// Inside a batch: the first commit word, written last.
+    @usableFromInline var batchFirstWord: UnsafeMutablePointer<UInt64>?
+    @usableFromInline var batchFirstValue: UInt64
+    @usableFromInline var inBatch: Bool
+    /// The sixteenth of the ring the last record started in (boundary index).
+    @usableFromInline var lastSection: UInt64
+    @usableFromInline var tailVersion: UInt64
+    @usableFromInline var published: UInt64
+    @usableFromInline var publishedBytes: UInt64
+    @usableFromInline var backPressureEvents: UInt64
+    /// The last value type whose fingerprint matched the ring's.
+    @usableFromInline var verifiedType: ObjectIdentifier?
+}
+
+/// The single producer of a ring.
+///
+/// Created by key: it creates the ring's memory (a header memfd sealed `F_SEAL_FUTURE_WRITE`, so
+/// only this process can ever write it, and one small memfd per consumer slot) and serves the key
+/// so that consumers can attach (docs/ring.md). One producer per ring; not thread-safe (use it from
+/// one thread at a time).
+///
+/// Publishing never allocates, never makes a system call and never takes a lock; a single
+/// publish or claim is visible to consumers when it returns, and `batch` makes a group of them
+/// visible at once.
+public final class RingProducer {
+    @usableFromInline let view: RingView
+    @usableFromInline let state: UnsafeMutablePointer<ProducerState>
+    /// The consumer slot pages (read by the producer when it looks at the gating minimum).
+    @usableFromInline let slotPages: UnsafeMutablePointer<UnsafeMutableRawPointer>
+    @usableFromInline let slotCount: Int
+    @usableFromInline let fingerprint: RingTypeFingerprint
+    /// The key.
+    public let key: String
+    private let headerSegment: Segment
+    private let slotSegments: [Segment]
+    private let server: RendezvousServer
+    /// The segment's random identity.
+    public let segmentID: SegmentID
+
+    /// The ring's capacity in bytes.
+    public var capacity: Int { view.capacity }
+    /// The longest payload.
+    public var maxMessageLength: Int { view.maxMessageLength }
+
+    /// Creates a ring under `key` and serves it.
+    ///
+    /// - Throws: `RingError` with `.invalidConfiguration` (capacity not a power of two, ...),
+    ///   `.keyError`, `.alreadyExists`, `.outOfResources`.
+    public init(
+        key: String, configuration: RingConfiguration = RingConfiguration(), namespace: KeyNamespace = .abstract
+    ) throws(RingError) {
+        let config = try Self.validate(configuration, key: key)
+        let address: RendezvousAddress
+        do {
+            address = try RendezvousAddress(key: key, namespace: namespace)
+        } catch {
+            throw RingError(error, key: key)
+        }
+        let server: RendezvousServer
+        do {
+            server = try RendezvousServer.bind(address: address)
+        } catch {
+            throw RingError(error, key: key)
+        }
+        let header: Segment
+        do {
+            header = try Segment.create(
+                name: "shmring-ring:\(key)", size: RingLayout.headerMemfdSize(capacity: config.capacity),
+                seals: [.futureWrite], access: .readWrite)
+        } catch {
+            throw RingError(error, key: key)
+        }
+        var slots: [Segment] = []
+        for index in 0..<config.maxConsumers {
+            do {
+                slots.append(try Segment.create(name: "shmring-slot:\(key):\(index)", size: RingLayout.slotSize))
+            } catch {
+                throw RingError(error, key: key)
+            }
+        }
+        let salt = UInt64.random(in: 1...UInt64.max)
+        let id = SegmentID.random()
+        view = RingView(
+            header: header.baseAddress!, capacity: config.capacity, alignment: config.alignment,
+            maxMessageLength: config.maxMessageLength!, salt: salt)
+        self.key = key
+        self.headerSegment = header
+        self.slotSegments = slots
+        self.server = server
+        self.segmentID = id
+        self.fingerprint = config.fingerprint
+        slotCount = slots.count
+        slotPages = .allocate(capacity: slots.count)
+        for (index, slot) in slots.enumerated() { (slotPages + index).initialize(to: slot.baseAddress!) }
+        state = .allocate(capacity: 1)
+        let start = config.initialPosition
+        state.initialize(
+            to: ProducerState(
+                position: start, sequence: config.initialSequence & RingLayout.sequenceMask,
+                limit: start &+ UInt64(config.capacity), rescanAt: start &+ UInt64(config.capacity * 3 / 4),
+                busy: false,
+                batchFirstWord: nil, batchFirstValue: 0, inBatch: false, lastSection: UInt64.max, tailVersion: 0,
+                published: 0, publishedBytes: 0, backPressureEvents: 0, verifiedType: nil))
+        writeHeader(config, id: id)
+        do {
+            try server.start(
+                admits: { [policy = config.policy] in policy.admits($0) },
+                handler: Self.handler(
+                    key: key, slots: slots, header: header, capacity: config.capacity, id: id,
+                    refusesGating: config.refusesGating))
+        } catch {
+            throw RingError(error, key: key)
+        }
+    }
+
+    deinit {
+        close()
+        state.deallocate()
+        slotPages.deallocate()
+    }
+
+    /// Stops serving the key and unmaps the ring. Attached consumers see the producer go (their
+    /// rendezvous connection hangs up) and keep what they mapped.
+    public func close() {
+        server.stop()
+    }
+
+    // MARK: - Configuration
+
+    private static func validate(_ configuration: RingConfiguration, key: String) throws(RingError) -> RingConfiguration
+    {
+        var config = configuration
+        let capacity = config.capacity
+        guard capacity >= 4096, capacity <= 1 << 40, capacity & (capacity - 1) == 0 else {
+            throw RingError(
+                .invalidConfiguration, key: key,
+                "capacity \(capacity) is not a power of two between 4096 and 2^40 bytes")
+        }
+        let alignment = config.alignment
+        guard alignment >= 8, alignment <= 4096, alignment & (alignment - 1) == 0 else {
+            throw RingError(
+                .invalidConfiguration, key: key, "alignment \(alignment) is not a power of two from 8 to 4096")
+        }
+        let largest = min(capacity / 4 - RingLayout.recordHeaderSize, Int(Int32.max))
+        let maxLength = config.maxMessageLength ?? largest
+        guard maxLength >= 0, maxLength <= largest else {
+            throw RingError(
+                .invalidConfiguration, key: key,
+                "maximum message length \(maxLength) is not within 0 ... \(largest) (capacity / 4 - 16)")
+        }
+        config.maxMessageLength = maxLength
+        guard config.maxConsumers >= 1, config.maxConsumers <= 1024 else {
+            throw RingError(
+                .invalidConfiguration, key: key, "\(config.maxConsumers) consumer slots: 1 ... 1024 allowed")
+        }
+        guard config.initialPosition % UInt64(alignment) == 0 else {
+            throw RingError(.invalidConfiguration, key: key, "initial position is not a multiple of the alignment")
+        }
+        return config
+    }
+
+    private func writeHeader(_ config: RingConfiguration, id: SegmentID) {
+        func put64(_ offset: Int, _ value: UInt64) { view.word(offset).pointee = value }
+        func put32(_ offset: Int, _ value: UInt32) { view.word32(offset).pointee = value }
+        put32(RingLayout.Config.layoutVersion, RingLayout.version)
+        put32(RingLayout.Config.endianness, RingLayout.endiannessMark)
+        put32(RingLayout.Config.wordSize, UInt32(MemoryLayout<Int>.size))
+        put32(RingLayout.Config.cacheLineSize, UInt32(RingLayout.cacheLine))
+        put64(RingLayout.Config.capacity, UInt64(config.capacity))
+        put32(RingLayout.Config.alignment, UInt32(config.alignment))
+        put32(RingLayout.Config.maxMessageLength, UInt32(config.maxMessageLength!))
+        put32(RingLayout.Config.maxConsumers, UInt32(config.maxConsumers))
+        put32(RingLayout.Config.recordHeaderSize, UInt32(RingLayout.recordHeaderSize))
+        put64(RingLayout.Config.dataOffset, UInt64(RingLayout.dataOffset))
+        put64(RingLayout.Config.segmentIDHigh, id.high)
+        put64(RingLayout.Config.segmentIDLow, id.low)
+        put64(RingLayout.Config.salt, view.salt)
+        put64(RingLayout.Config.typeNameHash, config.fingerprint.nameHash)
+        put32(RingLayout.Config.typeSize, config.fingerprint.size)
+        put32(RingLayout.Config.typeStride, config.fingerprint.stride)
+        put32(RingLayout.Config.typeAlignment, config.fingerprint.alignment)
+        put32(RingLayout.Config.typeVersion, config.fingerprint.version)
+        put32(RingLayout.Config.flags, config.refusesGating ? RingLayout.flagRefusesGating : 0)
+        put32(RingLayout.Config.producerPID, UInt32(bitPattern: getpid()))
+        let s = state.pointee
+        put64(RingLayout.Producer.tailIntent, s.position)
+        put64(RingLayout.Producer.tail, s.position)
+        put64(RingLayout.Producer.tailSequence, s.sequence)
+        put64(RingLayout.Producer.limit, s.limit)
+        for entry in 0..<RingLayout.boundaryEntries {
+            let base = RingLayout.Boundary.base + entry * RingLayout.Boundary.stride
+            put64(base + RingLayout.Boundary.position, s.position)
+            put64(base + RingLayout.Boundary.sequence, s.sequence)
+        }
+        // The magic last, with release: whoever sees it sees a complete header. (Consumers get the
+        // descriptor only after this, through the rendezvous, which orders it anyway.)
+        CShmAtomics_u64_store_release(view.word(RingLayout.Config.magic), RingLayout.magic)
+    }
+
+    // MARK: - Publishing
+
+    /// Publishes `bytes` as one message with the type tag `type`.
+    ///
+    /// - Returns: `.published`, visible to consumers at once; or `.backPressured` when a gating
+    ///   consumer has not read far enough (nothing was written).
+    /// - Throws: `.messageTooLong`, `.claimOutstanding` (inside a claim's body).
+    @inlinable
+    @discardableResult
+    public func publish(_ bytes: UnsafeRawBufferPointer, type: UInt32 = 0) throws(RingError) -> PublishResult {
+        guard let record = try reserve(length: bytes.count) else { return .backPressured }
+        if bytes.count > 0 {
+            (view.data + Int(record & view.mask) + RingLayout.recordHeaderSize)
+                .copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        }
+        commit(record: record, length: bytes.count, type: type)
+        return .published
+    }
+
+    /// Publishes the bytes of an array as one message.
+    @inlinable
+    @discardableResult
+    public func publish(_ bytes: [UInt8], type: UInt32 = 0) throws(RingError) -> PublishResult {
+        let result = bytes.withUnsafeBytes { buffer in
+            Result { () throws(RingError) in try publish(buffer, type: type) }
+        }
+        return try result.get()
+    }
+
+    /// Publishes a value of the ring's type (its fingerprint was given at creation).
+    ///
+    /// - Throws: `.typeMismatch` when `T`'s fingerprint is not the ring's.
+    @inlinable
+    @discardableResult
+    public func publish<T: BitwiseCopyable>(value: T, type: UInt32 = 0) throws(RingError) -> PublishResult {
+        if state.pointee.verifiedType != ObjectIdentifier(T.self) { try verify(T.self) }
+        guard let record = try reserve(length: MemoryLayout<T>.size) else { return .backPressured }
+        (view.data + Int(record & view.mask) + RingLayout.recordHeaderSize).storeBytes(of: value, as: T.self)
+        commit(record: record, length: MemoryLayout<T>.size, type: type)
+        return .published
+    }
+
+    /// Claims `length` bytes in the ring for `body` to fill in place (zero-copy).
+    ///
+    /// The claim is scoped to `body`: it cannot outlive it, so there is never a forgotten claim
+    /// that would stall every consumer. `body` returns `.commit` to publish or `.abort` to drop the
+    /// record; if it throws, the record is dropped and the error rethrown. A claim (or publish)
+    /// inside `body` is `.claimOutstanding`.
+    ///
+    /// - Returns: `.published` (also after `.abort`: nothing was back-pressured) or
+    ///   `.backPressured`, in which case `body` did not run.
+    @inlinable
+    @discardableResult
+    public func claim(
+        length: Int, type: UInt32 = 0, _ body: (UnsafeMutableRawBufferPointer) throws -> ClaimDecision
+    ) throws -> PublishResult {
+        guard let record = try reserve(length: length) else { return .backPressured }
+        state.pointee.busy = true
+        let payload = UnsafeMutableRawBufferPointer(
+            start: view.data + Int(record & view.mask) + RingLayout.recordHeaderSize, count: length)
+        let decision: ClaimDecision
+        do {
+            decision = try body(payload)
+        } catch {
+            state.pointee.busy = false
+            abandon(record: record)
+            throw error
+        }
+        state.pointee.busy = false
+        if decision == .commit {
+            commit(record: record, length: length, type: type)
+        } else {
+            abandon(record: record)
+        }
+        return .published
+    }
+
+    /// Publishes with back-pressure handled by waiting, at most `timeout` (spinning, then
+    /// yielding, then sleeping 50 µs at a time; the efficient sleep is the wake-up issue's).
+    ///
+    /// - Returns: `.published`, or `.backPressured` if the time ran out.
+    @discardableResult
+    public func publish(_ bytes: UnsafeRawBufferPointer, type: UInt32 = 0, timeout: Duration) throws(RingError)
+        -> PublishResult
+    {
+        guard !state.pointee.inBatch else {
+            // Consumers cannot pass the batch's first record until the batch ends: waiting for
+            // them inside a batch would never end.
+            throw RingError(.claimOutstanding, key: key, "a publish that waits is not allowed inside a batch")
+        }
+        let deadline = ContinuousClock.now + timeout
+        var attempt = 0
+        while true {
+            if try publish(bytes, type: type) == .published { return .published }
+            if ContinuousClock.now >= deadline { return .backPressured }
+            attempt += 1
+            if attempt < 64 {
+                CShmAtomics_pause()
+            } else if attempt < 128 {
+                sched_yield()
+            } else {
+                usleep(50)
+            }
+        }
+    }
+
+    /// Runs `body` as one batch: every message it publishes becomes visible at the same moment,
+    /// when `body` returns (or throws: what it published is published). Inside, publish and claim
+    /// do not wait; a back-pressured one returns `.backPressured`.
+    @inlinable
+    public func batch<R>(_ body: (RingProducer) throws -> R) throws -> R {
+        guard !state.pointee.inBatch, !state.pointee.busy else {
+            throw RingError(.claimOutstanding, key: key, "a batch inside a claim or a batch")
+        }
+        state.pointee.inBatch = true
+        defer { endBatch() }
+        return try body(self)
+    }
+
+    // MARK: - The hot path
+
+    /// Makes room for a record of `length` payload bytes and returns its position, or nil when
+    /// back-pressured. Writes the padding record when the record does not fit before the end.
+    @inlinable @inline(__always)
+    func reserve(length: Int) throws(RingError) -> UInt64? {
+        guard !state.pointee.busy else { throw claimOutstanding() }
+        guard length >= 0, length <= view.maxMessageLength else { throw tooLong(length) }
+        let size = view.recordSize(length)
+        var position = state.pointee.position
+        let room = view.capacity - Int(position & view.mask)
+        let padding = size > room ? room : 0
+        let end = position &+ UInt64(padding + size)
+        // Wrapping comparison: `end` is past `rescanAt` when their difference is "positive".
+        if Int64(bitPattern: end &- state.pointee.rescanAt) > 0 {
+            if !makeRoom(until: end) { return nil }
+        }
+        // Relaxed: lossy readers check it for laps (the next issue); its partner is their acquire
+        // load after reading a record, ordered by the commit's release below.
+        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tailIntent), end)
+        if padding > 0 {
+            // The rest of the lap is empty: a padding record with the next record's sequence.
+            // Relaxed: a consumer that sees it early only moves to the lap's start and waits there.
+            let word = (view.data + Int(position & view.mask)).assumingMemoryBound(to: UInt64.self)
+            CShmAtomics_u64_store_relaxed(word, view.commitWord(sequence: state.pointee.sequence, padding: true))
+            position &+= UInt64(padding)
+            state.pointee.position = position
+        }
+        return position
+    }
+
+    /// Writes the record's header and commits it (or defers the commit inside a batch).
+    @inlinable @inline(__always)
+    func commit(record position: UInt64, length: Int, type: UInt32) {
+        let base = view.data + Int(position & view.mask)
+        base.storeBytes(of: UInt32(truncatingIfNeeded: length), toByteOffset: RingLayout.Record.length, as: UInt32.self)
+        base.storeBytes(of: type, toByteOffset: RingLayout.Record.type, as: UInt32.self)
+        let sequence = state.pointee.sequence
+        let word = base.assumingMemoryBound(to: UInt64.self)
+        let value = view.commitWord(sequence: sequence, padding: false)
+        if state.pointee.inBatch {
+            if state.pointee.batchFirstWord == nil {
+                state.pointee.batchFirstWord = word
+                state.pointee.batchFirstValue = value
+            } else {
+                // Relaxed: made visible by the release store of the batch's first commit word.
+                CShmAtomics_u64_store_relaxed(word, value)
+            }
+        } else {
+            // Release: the header and payload stores above become visible no later than the
+            // commit word. Partner: the consumer's acquire load of the commit word in `poll`.
+            CShmAtomics_u64_store_release(word, value)
+        }
+        let size = UInt64(view.recordSize(length))
+        let section = position >> UInt64(sectionShift)
+        if section != state.pointee.lastSection {
+            recordBoundary(position: position, sequence: sequence, section: section)
+        }
+        state.pointee.position = position &+ size
+        state.pointee.sequence = (sequence &+ 1) & RingLayout.sequenceMask
+        state.pointee.published &+= 1
+        state.pointee.publishedBytes &+= UInt64(length)
+        if !state.pointee.inBatch { publishTail() }
+    }
+
+    /// log2 of a sixteenth of the capacity.
+    @inlinable var sectionShift: Int { view.capacity.trailingZeroBitCount - 4 }
+
+    /// Publishes the tail and the counters (once per commit, or once per batch).
+    @inlinable @inline(__always)
+    func publishTail() {
+        let version = state.pointee.tailVersion &+ 2
+        state.pointee.tailVersion = version
+        // Seqlock: odd version, release fence (orders it before the data), data, even version
+        // with release. Partner: RingView.readSnapshot.
+        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tailVersion), version &- 1)
+        CShmAtomics_fence_release()
+        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tail), state.pointee.position)
+        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tailSequence), state.pointee.sequence)
+        CShmAtomics_u64_store_release(view.word(RingLayout.Producer.tailVersion), version)
+        // Relaxed: statistics, read by `stat` without ordering needs.
+        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Counters.publishedMessages), state.pointee.published)
+        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Counters.publishedBytes), state.pointee.publishedBytes)
+    }
+
+    /// Drops a reserved record: nothing was written to its commit word, and the next record reuses
+    /// its space. (A padding record written for it stays: it is valid for the next record too.)
+    @inlinable
+    func abandon(record position: UInt64) {
+        state.pointee.position = position
+        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tailIntent), position)
+    }
+
+    // MARK: - Off the hot path
+
+    @usableFromInline
+    func endBatch() {
+        state.pointee.inBatch = false
+        if let first = state.pointee.batchFirstWord {
+            // Release: every record of the batch (headers, payloads, relaxed commit words) becomes
+            // visible no later than this. Partner: the consumer's acquire load in `poll`.
+            CShmAtomics_u64_store_release(first, state.pointee.batchFirstValue)
+            state.pointee.batchFirstWord = nil
+        }
+        publishTail()
+    }
+
+    /// Records where the first record of a new sixteenth of the ring starts (for `.oldest` joins
+    /// and lossy readers' resumption).
+    @usableFromInline
+    func recordBoundary(position: UInt64, sequence: UInt64, section: UInt64) {
+        state.pointee.lastSection = section
+        let base = RingLayout.Boundary.base + Int(section & 15) * RingLayout.Boundary.stride
+        let versionWord = view.word(base + RingLayout.Boundary.version)
+        let version = CShmAtomics_u64_load_relaxed(versionWord) | 1
+        // Seqlock, as in publishTail. Partner: RingView.readSnapshot.
+        CShmAtomics_u64_store_relaxed(versionWord, version)
+        CShmAtomics_fence_release()
+        CShmAtomics_u64_store_relaxed(view.word(base + RingLayout.Boundary.position), position)
+        CShmAtomics_u64_store_relaxed(view.word(base + RingLayout.Boundary.sequence), sequence)
+        CShmAtomics_u64_store_release(versionWord, version &+ 1)
+    }
+
+    /// Looks at the gating consumers again, publishes the new limit, and tells whether a record
+    /// ending at `end` now fits. Runs at the low watermark (a quarter of the capacity before the
+    /// limit), not only when the ring is full.
+    @usableFromInline
+    func makeRoom(until end: UInt64) -> Bool {
+        let capacity = UInt64(view.capacity)
+        let limitWord = view.word(RingLayout.Producer.limit)
+        // Seq_cst fence, then the slot loads: the producer's half of the join handshake (Dekker).
+        // Partner: the joiner's seq_cst store of `active` followed by its seq_cst load of `limit`
+        // (RingConsumer.join). Either this scan sees the joiner, or the joiner sees the limit
+        // stored below.
+        CShmAtomics_fence_seq_cst()
+        let first = gatingMinimum()
+        CShmAtomics_u64_store_seq_cst(limitWord, first &+ capacity)
+        let second = gatingMinimum()
+        // The lower of the two (positions wrap: compare by difference).
+        let minimum = Int64(bitPattern: second &- first) < 0 ? second : first
+        let limit = minimum &+ capacity
+        if minimum != first { CShmAtomics_u64_store_seq_cst(limitWord, limit) }
+        state.pointee.limit = limit
+        let watermark = limit &- capacity / 4
+        // Look again at the watermark; if already past it, only when the limit itself is reached.
+        state.pointee.rescanAt =
+            Int64(bitPattern: watermark &- state.pointee.position) > 0 ? watermark : limit
+        if Int64(bitPattern: end &- limit) > 0 {
+            state.pointee.backPressureEvents &+= 1
+            CShmAtomics_u64_store_relaxed(
+                view.word(RingLayout.Counters.backPressureEvents), state.pointee.backPressureEvents)
+            return false
+        }
+        return true
+    }
+
+    /// The lowest cursor of the active gating consumers, or the producer's position if none.
+    ///
+    /// Slot memory is written by consumers: each value is read once and checked. A cursor ahead of
+    /// the producer, or more than a capacity behind it, cannot be honest and is ignored (eviction
+    /// is the next issue's).
+    @usableFromInline
+    func gatingMinimum() -> UInt64 {
+        let position = state.pointee.position
+        let capacity = UInt64(view.capacity)
+        var largestLag: UInt64 = 0
+        for index in 0..<slotCount {
+            let page = slotPages[index]
+            // Acquire: a slot seen active is seen with the cursor the joiner stored before it
+            // (partner: the consumer's seq_cst store of `active`); later cursor loads see at least
+            // what the consumer released (partner: its release store of `cursor` in `poll`).
+            let generation = CShmAtomics_u64_load_acquire(
+                (page + RingLayout.Slot.generation).assumingMemoryBound(to: UInt64.self))
+            let active = CShmAtomics_u64_load_seq_cst(
+                (page + RingLayout.Slot.active).assumingMemoryBound(to: UInt64.self))
+            guard generation != 0, active == generation else { continue }
+            let policy = CShmAtomics_u32_load_relaxed(
+                (page + RingLayout.Slot.policy).assumingMemoryBound(to: UInt32.self))
+            guard policy == ConsumerPolicy.gating.rawValue else { continue }
+            let cursor = CShmAtomics_u64_load_acquire(
+                (page + RingLayout.Slot.cursor).assumingMemoryBound(to: UInt64.self))
+            let lag = position &- cursor
+            guard lag <= capacity else { continue }
+            largestLag = max(largestLag, lag)
+        }
+        return position &- largestLag
+    }
+
+    @usableFromInline
+    func claimOutstanding() -> RingError {
+        RingError(.claimOutstanding, key: key, "a claim is outstanding: publish or claim only after it returns")
+    }
+
+    @usableFromInline
+    func tooLong(_ length: Int) -> RingError {
+        RingError(
+            .messageTooLong, key: key, "a \(length)-byte message is longer than the maximum of \(view.maxMessageLength)"
+        )
+    }
+
+    @usableFromInline
+    func verify<T: BitwiseCopyable>(_: T.Type) throws(RingError) {
+        let actual = RingTypeFingerprint(T.self, version: fingerprint.version)
+        guard actual == fingerprint else {
+            throw RingError(.typeMismatch, key: key, "\(T.self) is \(actual); the ring carries \(fingerprint)")
+        }
+        state.pointee.verifiedType = ObjectIdentifier(T.self)
+    }
+
+    // MARK: - Serving consumers
+
+    /// Which slots are handed out, touched only on the server thread.
+    private final class SlotTable: @unchecked Sendable {
+        var inUse: [Bool]
+        var generations: [UInt64]
+        init(count: Int) {
+            inUse = Array(repeating: false, count: count)
+            generations = Array(repeating: 0, count: count)
+        }
+    }
+
+    private static func handler(
+        key: String, slots: [Segment], header: Segment, capacity: Int, id: SegmentID, refusesGating: Bool
+    ) -> RendezvousServer.Handler {
+        let table = SlotTable(count: slots.count)
+        let pages = slots.map { UInt(bitPattern: $0.baseAddress!) }
+        let slotDescriptors = slots.map(\.descriptor.rawValue)
+        let headerDescriptor = header.descriptor.rawValue
+        let mappedSize = UInt64(header.mappedSize)
+        let pid = getpid()
+        let uid = geteuid()
+        return { request, _, _ in
+            var reply = RendezvousProtocol.Reply(
+                status: .ok, segmentKind: .ring, creatorPID: pid, creatorUID: uid, segmentID: id,
+                size: UInt64(capacity), mappedSize: mappedSize)
+            reply.layoutVersion = RingLayout.version
+            reply.flags = [.creatorOnlyWriters, .readOnlyDescriptor]
+            var response = RendezvousServer.Response(reply: reply)
+            switch request.kind {
+            case .observe:
+                return response
+            case .attachSegment:
+                response.reply.status = .wrongKind
+                return response
+            case .attachRingConsumer:
+                break
+            }
+            if request.flags.contains(.gating) && refusesGating {
+                response.reply.status = .gatingRefused
+                return response
+            }
+            guard let slot = table.inUse.firstIndex(of: false) else {
+                response.reply.status = .noFreeSlot
+                return response
+            }
+            let readOnlyHeader: FileDescriptor
+            do throws(SystemCallError) {
+                readOnlyHeader = try FileDescriptor(rawValue: headerDescriptor).reopen(.readOnly)
+            } catch {
+                response.reply.status = .serverError
+                response.reply.errno = error.errno.rawValue
+                return response
+            }
+            let generation = table.generations[slot] &+ 1
+            table.generations[slot] = generation
+            table.inUse[slot] = true
+            let generationAddress = pages[slot] + UInt(RingLayout.Slot.generation)
+            let generationWord = UnsafeMutablePointer<UInt64>(bitPattern: generationAddress)!
+            // Release: the slot's new generation is visible before the reply that names it (the
+            // consumer reads it only after receiving the reply). Partner: the producer's acquire
+            // load in gatingMinimum.
+            CShmAtomics_u64_store_release(generationWord, generation)
+            response.reply.slot = UInt32(slot)
+            response.reply.generation = UInt32(truncatingIfNeeded: generation)
+            response.descriptors = [FileDescriptor(rawValue: slotDescriptors[slot])]
+            response.temporaryDescriptors = [readOnlyHeader]
+            response.reply.roles = [.consumerSlot, .data]
+            response.keepOpen = true
+            response.onClose = {
+                // The consumer detached or died: a new generation, so its `active` no longer
+                // matches and the producer stops gating on it; the slot can be handed out again.
+                let next = table.generations[slot] &+ 1
+                table.generations[slot] = next
+                CShmAtomics_u64_store_release(UnsafeMutablePointer<UInt64>(bitPattern: generationAddress)!, next)
+                table.inUse[slot] = false
+            }
+            return response
+        }
+    }
+}

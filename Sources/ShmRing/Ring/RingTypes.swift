@@ -1,0 +1,229 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a ring operation failed.
+///
+/// `code` is the category, `message` says exactly what was wrong and names the key; `syscall` and
+/// `errno` are set when a system call failed.
+public struct RingError: Error, Equatable, Sendable, CustomStringConvertible {
+    public enum Code: Sendable, Equatable, Hashable {
+        /// A configuration value is out of range (capacity not a power of two, alignment, ...).
+        case invalidConfiguration
+        /// A message is longer than the ring's maximum message length.
+        case messageTooLong
+        /// A claim (or batch) while another is outstanding on this producer.
+        case claimOutstanding
+        /// The key does not follow `[A-Za-z0-9._-]{1,100}`.
+        case keyError
+        /// A live producer serves the key already.
+        case alreadyExists
+        /// Nobody serves the key.
+        case notFound
+        /// A credential check refused (either side).
+        case permissionDenied
+        /// Not enough memory or descriptors.
+        case outOfResources
+        /// The segment is not a ring of a layout this build reads (magic, version, endianness,
+        /// word size), or the key serves shared memory.
+        case incompatibleLayout
+        /// The ring's type fingerprint does not match the type read or written.
+        case typeMismatch
+        /// Every consumer slot is taken.
+        case tooManyConsumers
+        /// The producer refuses gating consumers.
+        case gatingRefused
+        /// Shared memory holds a value that cannot be right (the message names it).
+        case corrupted
+        /// The producer or consumer was closed.
+        case closed
+        /// Anything else (a protocol violation, an unexpected errno).
+        case unknown
+    }
+
+    public var code: Code
+    public var key: String
+    public var message: String
+    public var syscall: String?
+    public var errno: Errno?
+
+    public init(_ code: Code, key: String, _ message: String, syscall: String? = nil, errno: Errno? = nil) {
+        self.code = code
+        self.key = key
+        self.message = message
+        self.syscall = syscall
+        self.errno = errno
+    }
+
+    public var description: String { "\(key): \(message)" }
+}
+
+extension RingError {
+    init(_ error: SharedMemoryError) {
+        let code: Code =
+            switch error.code {
+            case .permissionDenied: .permissionDenied
+            case .invalidSize: .invalidConfiguration
+            case .keyError: .keyError
+            case .alreadyExists: .alreadyExists
+            case .notFound: .notFound
+            case .outOfResources: .outOfResources
+            case .incompatible: .incompatibleLayout
+            case .lockError, .notAttached, .alreadyAttached, .unknown: .unknown
+            }
+        self.init(code, key: error.key, error.message, syscall: error.syscall, errno: error.errno)
+    }
+
+    init(_ error: RendezvousError, key: String) {
+        switch error {
+        case .wrongKind(let kind):
+            self.init(
+                .incompatibleLayout, key: key,
+                kind == .sharedMemory ? "\(key) is a shared-memory segment, not a ring" : "\(key) is a ring")
+        case .noFreeSlot: self.init(.tooManyConsumers, key: key, "every consumer slot of \(key) is taken")
+        case .gatingRefused: self.init(.gatingRefused, key: key, "the producer of \(key) refuses gating consumers")
+        default:
+            self.init(SharedMemoryError(error, key: key))
+        }
+    }
+
+    init(_ error: SegmentError, key: String) {
+        self.init(SharedMemoryError(error, key: key))
+    }
+}
+
+/// What a publish did.
+public enum PublishResult: Equatable, Sendable {
+    /// The message is committed: consumers can see it.
+    case published
+    /// A gating consumer has not read far enough: nothing was written. Try again later, or use a
+    /// publish with a timeout.
+    case backPressured
+}
+
+/// What a claim's body decides.
+public enum ClaimDecision: Equatable, Sendable {
+    /// Publish the record.
+    case commit
+    /// Drop it: nothing becomes visible, and the space is used by the next claim.
+    case abort
+}
+
+/// What a poll handler wants next.
+public enum PollAction: Equatable, Sendable {
+    /// Consume this message and go on with the next.
+    case `continue`
+    /// Consume this message and return from `poll`.
+    case stop
+    /// Leave this message unconsumed (the next poll hands it again) and return from `poll`.
+    case leave
+}
+
+/// Where a new consumer starts.
+public enum RingStartPosition: Equatable, Sendable {
+    /// At the next message published after it joined.
+    case newest
+    /// At the oldest record still guaranteed intact (the oldest that a gating consumer holds, or
+    /// what the producer has not yet been free to overwrite).
+    case oldest
+}
+
+/// How a consumer treats the producer (the next issue adds `.lossy`).
+public enum ConsumerPolicy: UInt32, Equatable, Sendable {
+    /// The producer never overwrites what this consumer has not read: it waits (back-pressure).
+    case gating = 1
+}
+
+/// Facts about one message handed to a poll handler.
+public struct RingRecordInfo: Equatable, Sendable {
+    /// The message's sequence number (63 bits, wrapping).
+    public var sequence: UInt64
+    /// The position of its record in the ring's byte stream (wrapping).
+    public var position: UInt64
+    /// The producer's type tag.
+    public var type: UInt32
+
+    @inlinable
+    public init(sequence: UInt64, position: UInt64, type: UInt32) {
+        self.sequence = sequence
+        self.position = position
+        self.type = type
+    }
+}
+
+/// What identifies the type of the values in a typed ring: checked when a value is published or
+/// read, so that a consumer built against another version of a struct is refused instead of
+/// misreading bytes.
+public struct RingTypeFingerprint: Equatable, Sendable, CustomStringConvertible {
+    /// FNV-1a hash of the type's name.
+    public var nameHash: UInt64
+    public var size: UInt32
+    public var stride: UInt32
+    public var alignment: UInt32
+    /// A version the user bumps when the type's meaning changes without its layout changing.
+    public var version: UInt32
+
+    /// The fingerprint of an untyped ring.
+    public static let untyped = RingTypeFingerprint(nameHash: 0, size: 0, stride: 0, alignment: 0, version: 0)
+
+    public init(nameHash: UInt64, size: UInt32, stride: UInt32, alignment: UInt32, version: UInt32) {
+        self.nameHash = nameHash
+        self.size = size
+        self.stride = stride
+        self.alignment = alignment
+        self.version = version
+    }
+
+    /// The fingerprint of `T`, named by its fully qualified name unless `name` says otherwise.
+    public init<T: BitwiseCopyable>(_ type: T.Type, name: String? = nil, version: UInt32 = 0) {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in (name ?? String(reflecting: T.self)).utf8 {
+            hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3
+        }
+        self.init(
+            nameHash: hash, size: UInt32(MemoryLayout<T>.size), stride: UInt32(MemoryLayout<T>.stride),
+            alignment: UInt32(MemoryLayout<T>.alignment), version: version)
+    }
+
+    public var description: String {
+        "type \(String(nameHash, radix: 16)) size \(size) stride \(stride) alignment \(alignment) version \(version)"
+    }
+}
+
+/// How to create a ring.
+public struct RingConfiguration: Sendable, Equatable {
+    /// The data region's size in bytes: a power of two, 4 KiB ... 1 TiB.
+    public var capacity: Int
+    /// Record alignment: a power of two, 8 ... 4096. Default 16 (chosen by benchmark: docs/ring.md).
+    public var alignment: Int
+    /// The longest payload; default and maximum: capacity / 4 - 16.
+    public var maxMessageLength: Int?
+    /// Consumer slots created with the ring (one memfd each); 1 ... 1024, default 64.
+    public var maxConsumers: Int
+    /// Refuse gating consumers: the producer then never waits.
+    public var refusesGating: Bool
+    /// Who may attach as a consumer (the same rules as `SharedMemory`; `writers` is ignored: only
+    /// the producer writes a ring).
+    public var policy: AccessPolicy
+    /// The type of the values published with `publish(value:)`; `.untyped` for byte messages.
+    public var fingerprint: RingTypeFingerprint
+    /// The position of the first record (a multiple of `alignment`). Any value works, since
+    /// positions wrap; tests use it to start near 2^64.
+    public var initialPosition: UInt64
+    /// The first record's sequence number (63 bits).
+    public var initialSequence: UInt64
+
+    public init(capacity: Int = 16 << 20) {
+        self.capacity = capacity
+        self.alignment = 16
+        self.maxMessageLength = nil
+        self.maxConsumers = 64
+        self.refusesGating = false
+        self.policy = AccessPolicy()
+        self.fingerprint = .untyped
+        self.initialPosition = 0
+        self.initialSequence = 0
+    }
+}

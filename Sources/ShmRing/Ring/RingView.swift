@@ -1,0 +1,77 @@
+import CShmAtomics
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The ring's memory as seen by one process: where the header and the data are, and the
+/// configuration values copied out of the (validated) header. A plain value of constants, so that
+/// the hot paths read no shared word for them.
+@usableFromInline @frozen
+struct RingView {
+    /// The header memfd's mapping (read-only for consumers).
+    @usableFromInline let header: UnsafeMutableRawPointer
+    /// The data region (header + 4096).
+    @usableFromInline let data: UnsafeMutableRawPointer
+    @usableFromInline let capacity: Int
+    @usableFromInline let mask: UInt64
+    @usableFromInline let alignment: Int
+    @usableFromInline let maxMessageLength: Int
+    @usableFromInline let salt: UInt64
+
+    @usableFromInline
+    init(header: UnsafeMutableRawPointer, capacity: Int, alignment: Int, maxMessageLength: Int, salt: UInt64) {
+        self.header = header
+        self.data = header + RingLayout.dataOffset
+        self.capacity = capacity
+        self.mask = UInt64(capacity - 1)
+        self.alignment = alignment
+        self.maxMessageLength = maxMessageLength
+        self.salt = salt
+    }
+
+    /// A 64-bit word of the header.
+    @inlinable @inline(__always)
+    func word(_ offset: Int) -> UnsafeMutablePointer<UInt64> {
+        (header + offset).assumingMemoryBound(to: UInt64.self)
+    }
+
+    /// A 32-bit word of the header.
+    @inlinable @inline(__always)
+    func word32(_ offset: Int) -> UnsafeMutablePointer<UInt32> {
+        (header + offset).assumingMemoryBound(to: UInt32.self)
+    }
+
+    /// The commit word a record (or padding, with `padding`) with `sequence` carries.
+    @inlinable @inline(__always)
+    func commitWord(sequence: UInt64, padding: Bool) -> UInt64 {
+        ((sequence & RingLayout.sequenceMask) | (padding ? RingLayout.paddingFlag : 0)) ^ salt
+    }
+
+    /// The size of a record with `length` payload bytes.
+    @inlinable @inline(__always)
+    func recordSize(_ length: Int) -> Int { RingLayout.align(RingLayout.recordHeaderSize + length, alignment) }
+
+    /// Reads a (position, sequence) pair that the producer publishes under a seqlock (the tail, a
+    /// boundary entry). Nil if the version stays odd for about a million tries: a producer that
+    /// died in the middle of the update, or memory that nobody should trust.
+    @usableFromInline
+    func readSnapshot(version: Int, position: Int, sequence: Int) -> (position: UInt64, sequence: UInt64)? {
+        for attempt in 0..<(1 << 20) {
+            if attempt & 1023 == 1023 { sched_yield() }
+            // Acquire: pairs with the producer's release store of the even version after the data.
+            let before = CShmAtomics_u64_load_acquire(word(version))
+            if before & 1 != 0 {
+                CShmAtomics_pause()
+                continue
+            }
+            let p = CShmAtomics_u64_load_relaxed(word(position))
+            let s = CShmAtomics_u64_load_relaxed(word(sequence))
+            // Acquire fence: the data loads above complete before the version is read again
+            // (partner: the producer's release fence after the odd version).
+            CShmAtomics_fence_acquire()
+            if CShmAtomics_u64_load_relaxed(word(version)) == before { return (p, s) }
+        }
+        return nil
+    }
+}
