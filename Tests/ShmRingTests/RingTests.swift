@@ -57,3 +57,278 @@ func drain(_ consumer: RingConsumer, limit: Int = .max) throws -> [(UInt64, [UIn
         #expect(expected == 2000)
     }
 }
+
+@Suite struct RingEdgeTests {
+    func ring(_ capacity: Int = 4096, _ configure: (inout RingConfiguration) -> Void = { _ in }) throws
+        -> (RingProducer, RingConsumer)
+    {
+        var configuration = RingConfiguration(capacity: capacity)
+        configure(&configuration)
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: configuration)
+        return (producer, try RingConsumer(key: key))
+    }
+
+    func expectRingError(
+        _ code: RingError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void
+    ) {
+        do {
+            try body()
+            Issue.record("expected \(code), nothing was thrown", sourceLocation: sourceLocation)
+        } catch let error as RingError {
+            #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
+        } catch {
+            Issue.record("expected RingError \(code), got \(error)", sourceLocation: sourceLocation)
+        }
+    }
+
+    @Test func aRecordExactlyFillingTheEndOfTheLapNeedsNoPadding() throws {
+        let (producer, consumer) = try ring()
+        // 240 payload bytes + 16 header = 256: sixteen records fill a 4096-byte lap exactly.
+        for lap in 0..<3 {
+            for index in 0..<16 {
+                #expect(try producer.publish([UInt8](repeating: UInt8(index), count: 240)) == .published)
+            }
+            #expect(try producer.publish([1]) == .backPressured, "full: the consumer has read nothing of lap \(lap)")
+            let got = try drain(consumer)
+            #expect(got.count == 16)
+            #expect(got.map(\.0) == (0..<16).map { UInt64(lap * 16 + $0) })
+            #expect(consumer.position == UInt64((lap + 1) * 4096), "no padding was needed")
+        }
+    }
+
+    @Test func zeroLengthAndMaximumLengthMessages() throws {
+        let (producer, consumer) = try ring()
+        #expect(producer.maxMessageLength == 4096 / 4 - 16)
+        #expect(try producer.publish([]) == .published)
+        let largest = [UInt8](repeating: 7, count: producer.maxMessageLength)
+        for _ in 0..<10 {
+            #expect(try producer.publish(largest) == .published)
+            let got = try drain(consumer)
+            #expect(got.allSatisfy { $0.1.isEmpty || $0.1 == largest })
+        }
+        expectRingError(.messageTooLong) {
+            try producer.publish([UInt8](repeating: 0, count: producer.maxMessageLength + 1))
+        }
+    }
+
+    @Test func invalidConfigurationsAreRefused() {
+        for capacity in [0, 1000, 4097, 3 << 12, 2048] {
+            expectRingError(.invalidConfiguration) {
+                _ = try RingProducer(key: uniqueKey(), configuration: RingConfiguration(capacity: capacity))
+            }
+        }
+        for alignment in [0, 4, 12, 8192] {
+            expectRingError(.invalidConfiguration) {
+                var configuration = RingConfiguration(capacity: 4096)
+                configuration.alignment = alignment
+                _ = try RingProducer(key: uniqueKey(), configuration: configuration)
+            }
+        }
+        expectRingError(.invalidConfiguration) {
+            var configuration = RingConfiguration(capacity: 4096)
+            configuration.maxMessageLength = 2000
+            _ = try RingProducer(key: uniqueKey(), configuration: configuration)
+        }
+        expectRingError(.keyError) { _ = try RingProducer(key: "bad key") }
+    }
+
+    @Test func aClaimWhileAnotherIsOutstandingIsRefused() throws {
+        let (producer, consumer) = try ring()
+        try producer.claim(length: 8) { buffer in
+            buffer.storeBytes(of: UInt64(42), as: UInt64.self)
+            expectRingError(.claimOutstanding) { try producer.publish([1]) }
+            expectRingError(.claimOutstanding) { try producer.claim(length: 1) { _ in .commit } }
+            return .commit
+        }
+        let got = try drain(consumer)
+        #expect(got.count == 1 && got[0].1 == withUnsafeBytes(of: UInt64(42)) { Array($0) })
+    }
+
+    @Test func abortAndThrowInsideABatchDropOnlyThoseRecords() throws {
+        struct Failure: Error {}
+        let (producer, consumer) = try ring()
+        try producer.batch { producer in
+            try producer.publish([1])
+            try producer.claim(length: 100) { _ in .abort }
+            #expect(throws: Failure.self) { try producer.claim(length: 5) { _ in throw Failure() } }
+            try producer.publish([3])
+            // Nothing of a batch is visible before it ends.
+            #expect(try drain(consumer).isEmpty)
+        }
+        let got = try drain(consumer)
+        #expect(got.map(\.1) == [[1], [3]])
+        #expect(got.map(\.0) == [0, 1], "aborted records take no sequence number")
+    }
+
+    @Test func startingNearTheEndOfThePositionSpace() throws {
+        for start: UInt64 in [(UInt64.max - 8191) & ~15, UInt64.random(in: 0...UInt64.max) & ~15] {
+            let (producer, consumer) = try ring(4096) {
+                $0.initialPosition = start; $0.initialSequence = (1 << 63) - 5
+            }
+            var expected = (UInt64(1) << 63) - 5
+            for round in 0..<5000 {
+                let message = [UInt8](repeating: UInt8(truncatingIfNeeded: round), count: round % 200)
+                if try producer.publish(message) == .backPressured {
+                    for (sequence, _) in try drain(consumer) {
+                        #expect(sequence == expected)
+                        expected = (expected + 1) & ((1 << 63) - 1)
+                    }
+                    #expect(try producer.publish(message) == .published)
+                }
+            }
+            for (sequence, _) in try drain(consumer) {
+                #expect(sequence == expected)
+                expected = (expected + 1) & ((1 << 63) - 1)
+            }
+            let firstSequence: UInt64 = (1 << 63) - 5
+            let sequenceMask: UInt64 = (1 << 63) - 1
+            #expect(expected == (firstSequence &+ 5000) & sequenceMask, "the sequence wrapped at 2^63")
+            let travelled: UInt64 = consumer.position &- start
+            #expect(travelled > 100_000 && travelled < 1_000_000, "positions went on through the wrap")
+        }
+    }
+
+    @Test func backPressureAndATimedPublish() throws {
+        let (producer, consumer) = try ring()
+        var published = 0
+        while try producer.publish([UInt8](repeating: 1, count: 100)) == .published { published += 1 }
+        #expect(published > 0 && published < 4096 / 112 + 1)
+        let message = [UInt8](repeating: 2, count: 100)
+        let timed = try message.withUnsafeBytes { try producer.publish($0, timeout: .milliseconds(5)) }
+        #expect(timed == .backPressured)
+        #expect(try drain(consumer, limit: 1).count == 1)
+        #expect(try producer.publish(message) == .published)
+    }
+
+    @Test func typedValuesCarryTheFingerprint() throws {
+        struct Quote: BitwiseCopyable, Equatable {
+            var price: Double
+            var size: Int32
+        }
+        let (producer, consumer) = try ring { $0.fingerprint = RingTypeFingerprint(Quote.self) }
+        #expect(try producer.publish(value: Quote(price: 1.5, size: 3)) == .published)
+        var quotes: [Quote] = []
+        try consumer.poll(as: Quote.self) { quote, _ in
+            quotes.append(quote)
+            return .continue
+        }
+        #expect(quotes == [Quote(price: 1.5, size: 3)])
+        expectRingError(.typeMismatch) { try producer.publish(value: UInt64(1)) }
+        expectRingError(.typeMismatch) { try consumer.poll(as: UInt64.self) { _, _ in .continue } }
+    }
+
+    @Test func leaveAndStopInAHandler() throws {
+        let (producer, consumer) = try ring()
+        for value in 0..<5 { try producer.publish([UInt8(value)]) }
+        var seen: [UInt8] = []
+        let first = try consumer.poll { bytes, _ in
+            seen.append(bytes.unsafeLoad(as: UInt8.self))
+            return seen.count == 2 ? .stop : .continue
+        }
+        #expect(first == 2 && seen == [0, 1])
+        let second = try consumer.poll { bytes, _ in
+            seen.append(bytes.unsafeLoad(as: UInt8.self))
+            return .leave
+        }
+        #expect(second == 0 && seen == [0, 1, 2], "left unconsumed")
+        #expect(try drain(consumer).map(\.1) == [[2], [3], [4]])
+    }
+
+    @Test func oldestStartsAtWhatAGatingConsumerStillHolds() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let holder = try RingConsumer(key: key)
+        for value in 0..<10 { try producer.publish([UInt8(value)]) }
+        let oldest = try RingConsumer(key: key, from: .oldest)
+        #expect(try drain(oldest).map(\.0) == Array(0..<10))
+        let newest = try RingConsumer(key: key, from: .newest)
+        #expect(try drain(newest).isEmpty)
+        try producer.publish([10])
+        #expect(try drain(newest).map(\.0) == [10])
+        _ = holder
+    }
+
+    @Test func consumerSlotsAreLimitedAndReused() throws {
+        let key = uniqueKey()
+        var configuration = RingConfiguration(capacity: 4096)
+        configuration.maxConsumers = 2
+        let producer = try RingProducer(key: key, configuration: configuration)
+        let first = try RingConsumer(key: key)
+        let second = try RingConsumer(key: key)
+        expectRingError(.tooManyConsumers) { _ = try RingConsumer(key: key) }
+        #expect(Set([first.slotIndex, second.slotIndex]) == [0, 1])
+        first.detach()
+        // The producer's server reclaims the slot when it sees the hang-up (a bound, not a timing).
+        var third: RingConsumer?
+        let deadline = ContinuousClock.now + .seconds(60)
+        while third == nil && ContinuousClock.now < deadline {
+            third = try? RingConsumer(key: key)
+            if third == nil { usleep(1000) }
+        }
+        #expect(third?.slotIndex == first.slotIndex)
+        // The detached consumer no longer holds the producer back.
+        for _ in 0..<100 { _ = try producer.publish([1, 2, 3]); _ = try drain(second); _ = try drain(third!) }
+    }
+
+    @Test func gatingCanBeRefusedAndKindsAreChecked() throws {
+        let key = uniqueKey()
+        var configuration = RingConfiguration(capacity: 4096)
+        configuration.refusesGating = true
+        let producer = try RingProducer(key: key, configuration: configuration)
+        expectRingError(.gatingRefused) { _ = try RingConsumer(key: key) }
+        let error = expectError(.incompatible) { try SharedMemory(key: key).attach() }
+        #expect(error?.message.contains("is a ring") == true)
+        let memory = SharedMemory(key: uniqueKey())
+        try memory.create(size: 64)
+        expectRingError(.incompatibleLayout) { _ = try RingConsumer(key: memory.key) }
+        _ = producer
+    }
+
+    /// Seeded random runs of the record encoding: lengths, alignments, capacities and start
+    /// positions; every message comes back with its bytes and sequence.
+    @Test func recordEncodingRoundTripsForRandomShapes() throws {
+        var generator = SplitMix64(seed: UInt64.random(in: 0...UInt64.max))
+        print("recordEncodingRoundTripsForRandomShapes seed \(generator.seed)")
+        for _ in 0..<20 {
+            let capacity = 4096 << Int(generator.next() % 4)
+            let alignment = 8 << Int(generator.next() % 5)
+            let start = generator.next() & ~UInt64(alignment - 1)
+            let (producer, consumer) = try ring(capacity) {
+                $0.alignment = alignment
+                $0.initialPosition = start
+            }
+            var pending: [[UInt8]] = []
+            for _ in 0..<500 {
+                let length = Int(generator.next() % UInt64(producer.maxMessageLength + 1))
+                let fill = UInt8(truncatingIfNeeded: generator.next())
+                let message = [UInt8](repeating: fill, count: length)
+                if try producer.publish(message) == .backPressured {
+                    #expect(try drain(consumer).map(\.1) == pending)
+                    pending.removeAll()
+                    #expect(try producer.publish(message) == .published)
+                }
+                pending.append(message)
+            }
+            #expect(
+                try drain(consumer).map(\.1) == pending, "capacity \(capacity) alignment \(alignment) start \(start)")
+        }
+    }
+}
+
+/// A small seeded generator (SplitMix64), so that a failing random test can be replayed.
+struct SplitMix64: RandomNumberGenerator {
+    let seed: UInt64
+    private var state: UInt64
+    init(seed: UInt64) {
+        self.seed = seed
+        state = seed
+    }
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
+}
