@@ -18,6 +18,9 @@ enum PeerCommands {
         "receive-descriptors": receiveDescriptors,
         "shm-create": SharedMemoryCommands.create,
         "shm-attach": SharedMemoryCommands.attach,
+        "ring-produce": RingCommands.produce,
+        "ring-consume": RingCommands.consume,
+        "ring-churn": RingCommands.churn,
     ]
 
     /// `--lock-fd N --data-fd M --count K`: K increments of the UInt64 at offset 0 of the data

@@ -60,6 +60,21 @@ public final class RingProducer {
 
     /// The ring's capacity in bytes.
     public var capacity: Int { view.capacity }
+
+    /// How many consumers are attached and active now (a scan of the slot pages; not for the hot
+    /// path).
+    public var activeConsumerCount: Int {
+        var count = 0
+        for index in 0..<slotCount {
+            let page = slotPages[index]
+            // Acquire: pairs with the server's release store of the generation and the consumer's
+            // seq_cst store of `active`.
+            let generation = CShmAtomics_u64_load_acquire((page + RingLayout.Slot.generation).assumingMemoryBound(to: UInt64.self))
+            let active = CShmAtomics_u64_load_acquire((page + RingLayout.Slot.active).assumingMemoryBound(to: UInt64.self))
+            if generation != 0 && active == generation { count += 1 }
+        }
+        return count
+    }
     /// The longest payload.
     public var maxMessageLength: Int { view.maxMessageLength }
 
