@@ -28,3 +28,6 @@ if ! command -v swift >/dev/null 2>&1; then
     exit 1
 fi
 shmring_need_package liburing-dev /usr/include/liburing.h
+# The hot-path tests: callgrind, and objcopy to strip the DWARF 5 that valgrind 3.19 cannot read.
+shmring_need_package valgrind /usr/bin/valgrind
+shmring_need_package binutils /usr/bin/objcopy

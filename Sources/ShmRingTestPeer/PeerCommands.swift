@@ -21,6 +21,7 @@ enum PeerCommands {
         "ring-produce": RingCommands.produce,
         "ring-consume": RingCommands.consume,
         "ring-churn": RingCommands.churn,
+        "ring-hot-loop": HotPath.run,
     ]
 
     /// `--lock-fd N --data-fd M --count K`: K increments of the UInt64 at offset 0 of the data

@@ -49,7 +49,8 @@ enum RingCommands {
         var backPressured = 0
         let started = now()
         while count == 0 || sequence < UInt64(count) {
-            var length = GeneratedMessage.minimumLength + Int(next() % UInt64(maxSize - GeneratedMessage.minimumLength + 1))
+            var length =
+                GeneratedMessage.minimumLength + Int(next() % UInt64(maxSize - GeneratedMessage.minimumLength + 1))
             if largeEvery > 0 && sequence % UInt64(largeEvery) == UInt64(largeEvery - 1) {
                 length = maxSize + Int(next() % UInt64(producer.maxMessageLength - maxSize + 1))
             }
@@ -61,7 +62,9 @@ enum RingCommands {
                 var inBatch: UInt64 = 0
                 try producer.batch { producer in
                     while inBatch < UInt64(batch) && (count == 0 || sequence + inBatch < UInt64(count)) {
-                        let length = GeneratedMessage.minimumLength + Int(next() % UInt64(maxSize - GeneratedMessage.minimumLength + 1))
+                        let length =
+                            GeneratedMessage.minimumLength
+                            + Int(next() % UInt64(maxSize - GeneratedMessage.minimumLength + 1))
                         let message = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
                         GeneratedMessage.write(sequence: sequence + inBatch, timestamp: now(), into: message)
                         guard try producer.publish(UnsafeRawBufferPointer(message)) == .published else { break }

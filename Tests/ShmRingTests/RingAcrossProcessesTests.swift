@@ -18,12 +18,15 @@ extension MultiProcess {
             let key = uniqueKey()
             let producer = try ChildProcess(
                 TestPeer.forHeavyLoops,
-                ["ring-produce", "--key", key, "--count", "\(messages)", "--wait-consumers", "\(consumers)",
-                 "--capacity", "\(1 << 20)", "--max-size", "128", "--large-every", "100"] + extraProducerArguments)
+                [
+                    "ring-produce", "--key", key, "--count", "\(messages)", "--wait-consumers", "\(consumers)",
+                    "--capacity", "\(1 << 20)", "--max-size", "128", "--large-every", "100",
+                ] + extraProducerArguments)
             try #require(producer.waitForReady("created"))
             let readers = try (0..<consumers).map { _ in
                 try ChildProcess(
-                    TestPeer.forHeavyLoops, ["ring-consume", "--key", key, "--count", "\(messages)", "--from", "oldest"])
+                    TestPeer.forHeavyLoops,
+                    ["ring-consume", "--key", key, "--count", "\(messages)", "--from", "oldest"])
             }
             for reader in readers {
                 #expect(reader.wait(timeout: .seconds(600)) == .exited(0), "\(reader.standardError)")
@@ -51,7 +54,9 @@ extension MultiProcess {
         /// The same through the wrap of the position space, and with batches of 16.
         @Test func acrossTheEndOfThePositionSpaceAndInBatches() throws {
             let nearTheEnd = (UInt64.max - (3 << 20)) & ~15
-            try run(consumers: 2, messages: Self.messages / 10, extraProducerArguments: ["--initial-position", "\(nearTheEnd)"])
+            try run(
+                consumers: 2, messages: Self.messages / 10,
+                extraProducerArguments: ["--initial-position", "\(nearTheEnd)"])
             try run(consumers: 2, messages: Self.messages / 10, extraProducerArguments: ["--batch", "16"])
         }
 
@@ -61,14 +66,18 @@ extension MultiProcess {
             let key = uniqueKey()
             let producer = try ChildProcess(
                 TestPeer.forHeavyLoops,
-                ["ring-produce", "--key", key, "--count", "0", "--capacity", "4096", "--max-size", "200", "--large-every", "50"],
+                [
+                    "ring-produce", "--key", key, "--count", "0", "--capacity", "4096", "--max-size", "200",
+                    "--large-every", "50",
+                ],
                 expectCrash: true)
             try #require(producer.waitForReady("created"))
             let steady = try ChildProcess(
                 TestPeer.forHeavyLoops, ["ring-consume", "--key", key, "--count", "200000", "--from", "newest"])
             try #require(steady.waitForReady("attached"))
             let churners = try (0..<2).map { _ in
-                try ChildProcess(TestPeer.forHeavyLoops, ["ring-churn", "--key", key, "--rounds", "300", "--per-round", "300"])
+                try ChildProcess(
+                    TestPeer.forHeavyLoops, ["ring-churn", "--key", key, "--rounds", "300", "--per-round", "300"])
             }
             for churner in churners {
                 #expect(churner.wait(timeout: .seconds(600)) == .exited(0), "\(churner.standardError)")

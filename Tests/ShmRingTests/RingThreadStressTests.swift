@@ -30,13 +30,17 @@ final class Handoff<T>: @unchecked Sendable {
                 var corrupted = 0
                 var expected: UInt64 = 0
                 while received < messages {
-                    let got = (try? consumer.value.poll { bytes, info in
-                        if info.sequence != expected { gaps += 1 }
-                        expected = info.sequence + 1
-                        let check = bytes.withUnsafeBytes { GeneratedMessage.check($0) }
-                        if case .valid(let sequence, _) = check, sequence == info.sequence {} else { corrupted += 1 }
-                        return .continue
-                    }) ?? 0
+                    let got =
+                        (try? consumer.value.poll { bytes, info in
+                            if info.sequence != expected { gaps += 1 }
+                            expected = info.sequence + 1
+                            let check = bytes.withUnsafeBytes { GeneratedMessage.check($0) }
+                            if case .valid(let sequence, _) = check, sequence == info.sequence {
+                            } else {
+                                corrupted += 1
+                            }
+                            return .continue
+                        }) ?? 0
                     received += got
                     if got == 0 { sched_yield() }
                 }

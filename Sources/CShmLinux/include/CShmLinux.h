@@ -90,6 +90,10 @@ int CShmLinux_pidfd_send_signal(int pidfd, int signal);
 /// `posix_spawn_file_actions_addclosefrom_np(actions, from)` (glibc 2.34+): the child closes every
 /// descriptor from `from` up.
 int CShmLinux_spawn_add_close_from(posix_spawn_file_actions_t *actions, int from);
+/// Installs a seccomp filter that kills the process on any system call but `exit`,
+/// `exit_group` and `write` to descriptor 1 (after PR_SET_NO_NEW_PRIVS). For tests that prove a
+/// loop makes no system call. Returns 0 or -1 with errno.
+int CShmLinux_seccomp_allow_only_exit_and_stdout(void);
 /// `pipe2(fds, O_CLOEXEC)`.
 int CShmLinux_pipe_cloexec(int fds[2]);
 /// Pins the calling thread to one CPU; returns 0 or an errno value.

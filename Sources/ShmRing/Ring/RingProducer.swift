@@ -69,8 +69,10 @@ public final class RingProducer {
             let page = slotPages[index]
             // Acquire: pairs with the server's release store of the generation and the consumer's
             // seq_cst store of `active`.
-            let generation = CShmAtomics_u64_load_acquire((page + RingLayout.Slot.generation).assumingMemoryBound(to: UInt64.self))
-            let active = CShmAtomics_u64_load_acquire((page + RingLayout.Slot.active).assumingMemoryBound(to: UInt64.self))
+            let generation = CShmAtomics_u64_load_acquire(
+                (page + RingLayout.Slot.generation).assumingMemoryBound(to: UInt64.self))
+            let active = CShmAtomics_u64_load_acquire(
+                (page + RingLayout.Slot.active).assumingMemoryBound(to: UInt64.self))
             if generation != 0 && active == generation { count += 1 }
         }
         return count

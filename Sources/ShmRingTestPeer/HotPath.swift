@@ -1,0 +1,75 @@
+import CShmLinux
+import ShmRing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The hot path under the microscope: publish and poll in one loop, in one process.
+///
+/// `shmring_hot_publish_poll` has a fixed symbol name so that a test can disassemble it (and what
+/// it calls) and prove there is no retain, release, exclusivity check or allocation in it; and the
+/// `ring-hot-loop` command runs it under a seccomp filter that kills the process on any system
+/// call (docs/ring.md, "The hot path").
+enum HotPath {
+    /// `--messages N --size S [--seccomp 1] [--syscall-in-loop 1]`.
+    static func run(_ options: PeerOptions) throws {
+        let messages = options.int("messages")
+        let size = options.int("size")
+        let key = "hot-\(getpid())"
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 20))
+        let consumer = try RingConsumer(key: key)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
+        defer { buffer.deallocate() }
+        for index in 0..<size { buffer[index] = UInt8(truncatingIfNeeded: index) }
+        // Warm-up: first-touch of code and data, lazy runtime work, all before the filter.
+        for _ in 0..<10_000 {
+            _ = try producer.publish(UnsafeRawBufferPointer(buffer))
+            _ = try consumer.poll { _, _ in .continue }
+        }
+        if options.int("seccomp", default: 0) == 1 {
+            guard CShmLinux_seccomp_allow_only_exit_and_stdout() == 0 else {
+                PeerRuntime.fail("seccomp: errno \(errno)")
+            }
+        }
+        let delivered = shmringHotPublishPoll(
+            producer, consumer, UnsafeRawBufferPointer(buffer), messages,
+            options.int("syscall-in-loop", default: 0) == 1)
+        // Only write(1, ...) and exit_group are allowed from here on.
+        PeerRuntime.report("delivered=\(delivered)")
+        _exit(delivered == UInt64(messages) ? 0 : 1)
+    }
+}
+
+/// The measured loop (callgrind collects inside this symbol only; one caller, so that LLVM does not
+/// merge it with another function under a thunk).
+@inline(never)
+@_silgen_name("shmring_hot_publish_poll")
+func shmringHotPublishPoll(
+    _ producer: RingProducer, _ consumer: RingConsumer, _ message: UnsafeRawBufferPointer, _ count: Int,
+    _ syscallInLoop: Bool
+) -> UInt64 {
+    hotLoop(producer, consumer, message, count, syscallInLoop)
+}
+
+/// Publishes `count` copies of `message` and polls each right after; returns how many were
+/// delivered (summing a byte of each, so that nothing is optimized away).
+@inline(__always)
+func hotLoop(
+    _ producer: RingProducer, _ consumer: RingConsumer, _ message: UnsafeRawBufferPointer, _ count: Int,
+    _ syscallInLoop: Bool
+) -> UInt64 {
+    var delivered: UInt64 = 0
+    var checksum: UInt8 = 0
+    for _ in 0..<count {
+        guard (try? producer.publish(message)) == .published else { break }
+        let got =
+            (try? consumer.poll(limit: 1) { bytes, _ in
+                checksum &+= bytes.unsafeLoad(fromByteOffset: 0, as: UInt8.self)
+                return .continue
+            }) ?? 0
+        delivered &+= UInt64(got)
+        if syscallInLoop { _ = getppid() }  // the check's own check: this must be caught
+    }
+    return delivered &+ UInt64(checksum & 0)
+}
