@@ -22,6 +22,8 @@ enum PeerCommands {
         "ring-consume": RingCommands.consume,
         "ring-churn": RingCommands.churn,
         "ring-hot-loop": HotPath.run,
+        "ring-bench": RingBench.run,
+        "ring-bench-child": RingBench.child,
     ]
 
     /// `--lock-fd N --data-fd M --count K`: K increments of the UInt64 at offset 0 of the data

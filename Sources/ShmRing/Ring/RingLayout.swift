@@ -106,5 +106,5 @@ enum RingLayout {
 
     /// `size` rounded up to a multiple of `alignment` (a power of two).
     @inlinable @inline(__always)
-    static func align(_ size: Int, _ alignment: Int) -> Int { (size + alignment - 1) & ~(alignment - 1) }
+    static func align(_ size: Int, _ alignment: Int) -> Int { (size &+ alignment &- 1) & ~(alignment &- 1) }
 }

@@ -242,13 +242,13 @@ public final class RingProducer {
     /// - Returns: `.published`, visible to consumers at once; or `.backPressured` when a gating
     ///   consumer has not read far enough (nothing was written).
     /// - Throws: `.messageTooLong`, `.claimOutstanding` (inside a claim's body).
-    @inlinable
+    @inlinable @inline(__always)
     @discardableResult
     public func publish(_ bytes: UnsafeRawBufferPointer, type: UInt32 = 0) throws(RingError) -> PublishResult {
         guard let record = try reserve(length: bytes.count) else { return .backPressured }
         if bytes.count > 0 {
-            (view.data + Int(record & view.mask) + RingLayout.recordHeaderSize)
-                .copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+            (view.data + (Int(record & view.mask) &+ RingLayout.recordHeaderSize))
+                .copyMemory(from: bytes.baseAddress.unsafelyUnwrapped, byteCount: bytes.count)
         }
         commit(record: record, length: bytes.count, type: type)
         return .published
@@ -364,9 +364,10 @@ public final class RingProducer {
         guard length >= 0, length <= view.maxMessageLength else { throw tooLong(length) }
         let size = view.recordSize(length)
         var position = state.pointee.position
-        let room = view.capacity - Int(position & view.mask)
+        // Wrapping arithmetic: every value here is bounded by the capacity (length was checked).
+        let room = view.capacity &- Int(position & view.mask)
         let padding = size > room ? room : 0
-        let end = position &+ UInt64(padding + size)
+        let end = position &+ UInt64(truncatingIfNeeded: padding &+ size)
         // Wrapping comparison: `end` is past `rescanAt` when their difference is "positive".
         if Int64(bitPattern: end &- state.pointee.rescanAt) > 0 {
             if !makeRoom(until: end) { return nil }

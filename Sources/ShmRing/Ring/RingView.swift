@@ -50,7 +50,7 @@ struct RingView {
 
     /// The size of a record with `length` payload bytes.
     @inlinable @inline(__always)
-    func recordSize(_ length: Int) -> Int { RingLayout.align(RingLayout.recordHeaderSize + length, alignment) }
+    func recordSize(_ length: Int) -> Int { RingLayout.align(RingLayout.recordHeaderSize &+ length, alignment) }
 
     /// Reads a (position, sequence) pair that the producer publishes under a seqlock (the tail, a
     /// boundary entry). Nil if the version stays odd for about a million tries: a producer that
