@@ -21,7 +21,16 @@ let package = Package(
             ],
             path: "Benchmarks/SharedMemoryBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
-        )
+        ),
+        .executableTarget(
+            name: "RingBenchmarks",
+            dependencies: [
+                .product(name: "ShmRing", package: "ShmRing"),
+                .product(name: "Benchmark", package: "package-benchmark"),
+            ],
+            path: "Benchmarks/RingBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "package-benchmark")]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -22,4 +22,24 @@ import Testing
 
         #expect(price == 101.25)
     }
+
+    @Test func theRingExample() throws {
+        let key = uniqueKey()
+
+        // Process A: the producer creates a 1 MiB ring under a key and publishes.
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 20))
+        try producer.publish(Array("hello".utf8))  // visible at once
+        try producer.batch { ring in  // or many, visible together
+            for price in [101, 102, 103] as [UInt8] { try ring.publish([price]) }
+        }
+
+        // Process B: a consumer attaches by the key (same credential checks) and polls.
+        let consumer = try RingConsumer(key: key, from: .oldest)
+        var sizes: [Int] = []
+        try consumer.poll { bytes, info in  // bytes: a RawSpan that cannot escape
+            sizes.append(bytes.byteCount)
+            return .continue
+        }
+        #expect(sizes == [5, 1, 1, 1])
+    }
 }
