@@ -10,6 +10,7 @@
 #include <linux/futex.h>
 #include <poll.h>
 #include <sched.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <linux/audit.h>
@@ -184,6 +185,21 @@ int CShmLinux_seccomp_allow_only_exit_and_stdout(void) {
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
     return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program);
 }
+
+static volatile sig_atomic_t stop_signal_received = 0;
+
+static void record_stop_signal(int signal) { stop_signal_received = signal; }
+
+int CShmLinux_install_stop_signals(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = record_stop_signal;
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGINT, &action, NULL) != 0) return -1;
+    return sigaction(SIGTERM, &action, NULL);
+}
+
+int CShmLinux_stop_signal(void) { return stop_signal_received; }
 
 int CShmLinux_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 

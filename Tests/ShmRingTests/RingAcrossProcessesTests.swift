@@ -60,6 +60,32 @@ extension MultiProcess {
             try run(consumers: 2, messages: Self.messages / 10, extraProducerArguments: ["--batch", "16"])
         }
 
+        /// A gating consumer killed with SIGKILL stops holding the producer back: the producer's
+        /// server sees its rendezvous connection hang up and reclaims the slot.
+        @Test func aKilledGatingConsumerReleasesTheProducer() throws {
+            let key = uniqueKey()
+            let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+            let consumer = try ChildProcess(
+                TestPeer.debug, ["ring-consume", "--key", key, "--count", "1000000000", "--from", "newest"],
+                expectCrash: true)
+            try #require(consumer.waitForReady("attached"))
+            #expect(producer.activeConsumerCount == 1)
+            consumer.signal(SIGSTOP)  // it reads nothing more: the ring fills
+            var published = 0
+            while try producer.publish([UInt8](repeating: 1, count: 100)) == .published { published += 1 }
+            #expect(published < 4096 / 112 + 1, "held back by the stopped consumer")
+            consumer.signal(SIGKILL)
+            #expect(consumer.wait() == .signaled(SIGKILL))
+            // Three laps must go through once the slot is reclaimed (bounded wait, not a timing).
+            let message = [UInt8](repeating: 2, count: 100)
+            for _ in 0..<(3 * 4096 / 112) {
+                let result = try message.withUnsafeBytes { try producer.publish($0, timeout: .seconds(60)) }
+                #expect(result == .published)
+                if result != .published { break }
+            }
+            #expect(producer.activeConsumerCount == 0)
+        }
+
         /// Consumers join and leave a tiny ring (4 KiB) while the producer runs at full speed; each
         /// joiner checks continuity from its join point. A steady gating consumer reads throughout.
         @Test func joinAndLeaveChurnOnATinyRing() throws {

@@ -267,8 +267,74 @@ func drain(_ consumer: RingConsumer, limit: Int = .max) throws -> [(UInt64, [UIn
             if third == nil { usleep(1000) }
         }
         #expect(third?.slotIndex == first.slotIndex)
-        // The detached consumer no longer holds the producer back.
-        for _ in 0..<100 { _ = try producer.publish([1, 2, 3]); _ = try drain(second); _ = try drain(third!) }
+        // The detached consumer (which read nothing) no longer holds the producer back: three laps
+        // go through while the two others drain.
+        for _ in 0..<(3 * 4096 / 32) {
+            #expect(try producer.publish([UInt8](repeating: 1, count: 16)) == .published)
+            _ = try drain(second)
+            _ = try drain(third!)
+        }
+        expectRingError(.closed) { try first.poll { _, _ in .continue } }
+    }
+
+    @Test func aBatchLongerThanTheRingIsBackPressuredInsteadOfOverwritingItself() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        var inBatch = 0
+        try producer.batch { producer in
+            // No consumer: nothing else holds the producer back, but the batch's own records do.
+            while try producer.publish([UInt8](repeating: UInt8(truncatingIfNeeded: inBatch), count: 100)) == .published
+            {
+                inBatch += 1
+                if inBatch > 1000 { break }
+            }
+        }
+        #expect(inBatch > 0 && inBatch <= 4096 / 112, "at most one lap in one batch: \(inBatch)")
+        let consumer = try RingConsumer(key: key, from: .oldest)
+        let got = try drain(consumer)
+        #expect(got.count == inBatch)
+        #expect(
+            got.enumerated().allSatisfy {
+                $0.element.1 == [UInt8](repeating: UInt8(truncatingIfNeeded: $0.offset), count: 100)
+            })
+    }
+
+    @Test func publishAfterCloseAndPollAfterDetachAreClosed() throws {
+        let (producer, consumer) = try ring()
+        consumer.detach()
+        expectRingError(.closed) { try consumer.poll { _, _ in .continue } }
+        producer.close()
+        expectRingError(.closed) { try producer.publish([1]) }
+        expectRingError(.closed) { try producer.batch { _ in } }
+    }
+
+    @Test func oldestStartsAtAnIntactRecordAfterSeveralLaps() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let holder = try RingConsumer(key: key)
+        var published: UInt64 = 0
+        // Several laps, the holder reading in bursts and lagging behind.
+        for _ in 0..<6 {
+            while try producer.publish([UInt8](repeating: UInt8(truncatingIfNeeded: published), count: 90))
+                == .published
+            {
+                published += 1
+            }
+            _ = try drain(holder, limit: 20)
+        }
+        let heldFrom = holder.nextSequence
+        let oldest = try RingConsumer(key: key, from: .oldest)
+        let got = try drain(oldest)
+        let first = try #require(got.first?.0)
+        // At most a ring's worth behind the tail (what the producer's last look at the holder
+        // retained), and not after what the holder holds by more than a sixteenth of the ring.
+        #expect(published - first <= 4096 / 106 + 1, "first \(first), published \(published)")
+        #expect(first <= heldFrom + 4096 / 16 / 106 + 1, "first \(first), the holder at \(heldFrom)")
+        #expect(got.last?.0 == published - 1)
+        for (index, message) in got.enumerated() {
+            #expect(message.0 == first + UInt64(index))
+            #expect(message.1 == [UInt8](repeating: UInt8(truncatingIfNeeded: message.0), count: 90))
+        }
     }
 
     @Test func gatingCanBeRefusedAndKindsAreChecked() throws {

@@ -94,6 +94,12 @@ int CShmLinux_spawn_add_close_from(posix_spawn_file_actions_t *actions, int from
 /// `exit_group` and `write` to descriptor 1 (after PR_SET_NO_NEW_PRIVS). For tests that prove a
 /// loop makes no system call. Returns 0 or -1 with errno.
 int CShmLinux_seccomp_allow_only_exit_and_stdout(void);
+/// Installs handlers for SIGINT and SIGTERM that only set a flag (async-signal-safe), without
+/// SA_RESTART, so that a blocking call returns EINTR. Returns 0 or -1 with errno.
+int CShmLinux_install_stop_signals(void);
+/// Whether SIGINT or SIGTERM arrived since `CShmLinux_install_stop_signals`: the signal number,
+/// or 0.
+int CShmLinux_stop_signal(void);
 /// `pipe2(fds, O_CLOEXEC)`.
 int CShmLinux_pipe_cloexec(int fds[2]);
 /// Pins the calling thread to one CPU; returns 0 or an errno value.

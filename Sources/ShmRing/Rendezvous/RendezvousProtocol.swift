@@ -13,9 +13,10 @@ package enum RendezvousProtocol {
     /// No request is longer; a longer one is refused (and detected as truncated).
     package static let maximumRequestLength = 256
     /// No reply is longer.
-    package static let maximumReplyLength = 512
-    /// The most descriptors one reply carries.
-    package static let maximumDescriptors = 16
+    package static let maximumReplyLength = 1024
+    /// The most descriptors one reply carries (an observer of a ring gets one per consumer slot):
+    /// the kernel's SCM_MAX_FD.
+    package static let maximumDescriptors = 253
 
     /// What a client asks for.
     package enum RequestKind: UInt16, Sendable, Equatable {

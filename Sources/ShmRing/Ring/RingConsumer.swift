@@ -18,6 +18,8 @@ struct ConsumerState {
     @usableFromInline var delivered: UInt64
     @usableFromInline var deliveredBytes: UInt64
     @usableFromInline var verifiedType: ObjectIdentifier?
+    /// `detach()` ran: polling is `.closed` (the memory stays mapped until deinit).
+    @usableFromInline var closed: Bool
 }
 
 /// A consumer of a ring, in any process of an admitted user.
@@ -122,9 +124,9 @@ public final class RingConsumer {
             connection.socket.closeIgnoringErrors()
             throw RingError(error, key: key)
         }
-        let config: Validated
+        let config: RingHeaderCheck
         do {
-            config = try Self.validate(header: header.baseAddress!, capacity: capacity, key: key)
+            config = try RingHeaderCheck(header: header.baseAddress!, capacity: capacity, key: key)
         } catch {
             connection.socket.closeIgnoringErrors()
             throw error
@@ -145,7 +147,8 @@ public final class RingConsumer {
         state = .allocate(capacity: 1)
         state.initialize(
             to: ConsumerState(
-                position: 0, sequence: 0, publishedCursor: 0, delivered: 0, deliveredBytes: 0, verifiedType: nil))
+                position: 0, sequence: 0, publishedCursor: 0, delivered: 0, deliveredBytes: 0, verifiedType: nil,
+                closed: false))
         // The slot's generation, as the producer's server stored it before replying.
         let generation = CShmAtomics_u64_load_acquire(slotWord(RingLayout.Slot.generation))
         guard generation != 0, UInt32(truncatingIfNeeded: generation) == reply.generation else {
@@ -157,18 +160,20 @@ public final class RingConsumer {
 
     deinit {
         detach()
+        slotSegment.close()
+        headerSegment.close()
         state.deallocate()
     }
 
     /// Leaves the ring: marks the slot inactive (a gating consumer stops holding the producer back
-    /// at once), closes the rendezvous connection (the producer reclaims the slot) and unmaps.
+    /// at once) and closes the rendezvous connection (the producer reclaims the slot). Polling
+    /// afterwards is `.closed`; the memory is unmapped when the consumer is deinitialized.
     public func detach() {
-        guard !headerSegment.isClosed else { return }
+        guard !state.pointee.closed else { return }
+        state.pointee.closed = true
         // Release: everything this consumer read happens before the producer may reuse the space.
         CShmAtomics_u64_store_release(slotWord(RingLayout.Slot.active), 0)
         connection.closeIgnoringErrors()
-        slotSegment.close()
-        headerSegment.close()
     }
 
     @inlinable @inline(__always)
@@ -177,66 +182,6 @@ public final class RingConsumer {
     }
 
     // MARK: - Joining
-
-    private struct Validated {
-        var alignment: Int
-        var maxMessageLength: Int
-        var salt: UInt64
-        var fingerprint: RingTypeFingerprint
-    }
-
-    /// Checks the configuration group: nothing in shared memory is trusted.
-    private static func validate(header: UnsafeMutableRawPointer, capacity: Int, key: String) throws(RingError)
-        -> Validated
-    {
-        func u64(_ offset: Int) -> UInt64 {
-            CShmAtomics_u64_load_relaxed((header + offset).assumingMemoryBound(to: UInt64.self))
-        }
-        func u32(_ offset: Int) -> UInt32 {
-            CShmAtomics_u32_load_relaxed((header + offset).assumingMemoryBound(to: UInt32.self))
-        }
-        func incompatible(_ what: String) -> RingError { RingError(.incompatibleLayout, key: key, what) }
-        // Acquire: pairs with the producer's release store of the magic, written last.
-        let magic = CShmAtomics_u64_load_acquire(header.assumingMemoryBound(to: UInt64.self))
-        guard magic == RingLayout.magic else {
-            throw incompatible("not a ShmRing ring: magic 0x\(String(magic, radix: 16))")
-        }
-        let version = u32(RingLayout.Config.layoutVersion)
-        guard version == RingLayout.version else {
-            throw incompatible("ring layout version \(version); this build reads \(RingLayout.version)")
-        }
-        let endianness = u32(RingLayout.Config.endianness)
-        guard endianness == RingLayout.endiannessMark else {
-            throw incompatible("the ring was written with another byte order (mark 0x\(String(endianness, radix: 16)))")
-        }
-        let wordSize = u32(RingLayout.Config.wordSize)
-        guard wordSize == UInt32(MemoryLayout<Int>.size) else {
-            throw incompatible(
-                "the ring was written with \(wordSize)-byte words; this build uses \(MemoryLayout<Int>.size)")
-        }
-        func corrupted(_ what: String) -> RingError { RingError(.corrupted, key: key, "ring header: \(what)") }
-        guard u64(RingLayout.Config.capacity) == UInt64(capacity) else {
-            throw corrupted("capacity \(u64(RingLayout.Config.capacity)), the producer announced \(capacity)")
-        }
-        guard u64(RingLayout.Config.dataOffset) == UInt64(RingLayout.dataOffset),
-            u32(RingLayout.Config.recordHeaderSize) == UInt32(RingLayout.recordHeaderSize)
-        else { throw corrupted("data offset or record header size differ from layout 1") }
-        let alignment = Int(u32(RingLayout.Config.alignment))
-        guard alignment >= 8, alignment <= 4096, alignment & (alignment - 1) == 0 else {
-            throw corrupted("alignment \(alignment)")
-        }
-        let maxLength = Int(u32(RingLayout.Config.maxMessageLength))
-        guard maxLength <= capacity / 4 - RingLayout.recordHeaderSize else {
-            throw corrupted("maximum message length \(maxLength) for capacity \(capacity)")
-        }
-        let fingerprint = RingTypeFingerprint(
-            nameHash: u64(RingLayout.Config.typeNameHash), size: u32(RingLayout.Config.typeSize),
-            stride: u32(RingLayout.Config.typeStride), alignment: u32(RingLayout.Config.typeAlignment),
-            version: u32(RingLayout.Config.typeVersion))
-        return Validated(
-            alignment: alignment, maxMessageLength: maxLength, salt: u64(RingLayout.Config.salt),
-            fingerprint: fingerprint)
-    }
 
     /// Register, then validate (docs/ring.md, "Joining"): store the start cursor, mark the slot
     /// active, then read the producer's published limit; the start is safe when the producer cannot
@@ -251,6 +196,7 @@ public final class RingConsumer {
         var from = start
         for attempt in 0..<1000 {
             if attempt >= 10 { from = .newest }  // the oldest keeps being overwritten: start at the tail
+            if attempt > 0 { sched_yield() }
             guard let candidate = try startCandidate(from) else { continue }
             CShmAtomics_u64_store_relaxed(slotWord(RingLayout.Slot.cursor), candidate.position)
             // Seq_cst: the joiner's half of the Dekker handshake with the producer's rescan.
@@ -270,6 +216,10 @@ public final class RingConsumer {
 
     /// Where to start: the tail, or the oldest boundary-index entry the producer still retains.
     private func startCandidate(_ start: RingStartPosition) throws(RingError) -> (position: UInt64, sequence: UInt64)? {
+        // The limit before the tail: the tail then is at least as new as the limit's scan, so the
+        // window [limit - capacity, tail] is well-formed (checked below anyway).
+        // Acquire: pairs with the producer's seq_cst store of the limit.
+        let limit = CShmAtomics_u64_load_acquire(view.word(RingLayout.Producer.limit))
         guard
             let tail = view.readSnapshot(
                 version: RingLayout.Producer.tailVersion, position: RingLayout.Producer.tail,
@@ -277,9 +227,8 @@ public final class RingConsumer {
         else { throw RingError(.corrupted, key: key, "the producer's tail stays mid-update") }
         guard start == .oldest else { return tail }
         let capacity = UInt64(view.capacity)
-        // Acquire: pairs with the producer's seq_cst store of the limit.
-        let limit = CShmAtomics_u64_load_acquire(view.word(RingLayout.Producer.limit))
         let retained = limit &- capacity  // the producer has not been free to overwrite from here on
+        guard Int64(bitPattern: tail.position &- retained) >= 0 else { return nil }  // a newer scan: read again
         var best = tail
         for entry in 0..<RingLayout.boundaryEntries {
             let base = RingLayout.Boundary.base + entry * RingLayout.Boundary.stride
@@ -312,6 +261,7 @@ public final class RingConsumer {
     @inlinable
     @discardableResult
     public func poll(limit: Int = .max, _ handler: (RawSpan, RingRecordInfo) -> PollAction) throws(RingError) -> Int {
+        guard !state.pointee.closed else { throw closedError() }
         var position = state.pointee.position
         var sequence = state.pointee.sequence
         var count = 0
@@ -331,7 +281,10 @@ public final class RingConsumer {
             let word = CShmAtomics_u64_load_acquire(base.assumingMemoryBound(to: UInt64.self)) ^ view.salt
             if word != sequence {
                 guard word == sequence | RingLayout.paddingFlag else { break }  // not committed yet
-                position &+= UInt64(view.capacity - offset)  // padding: the rest of the lap is empty
+                // Padding: the rest of the lap is empty. Never at a lap's start (that would send
+                // this loop round the lap for ever).
+                guard offset != 0 else { throw corruptedRecord(length: 0, position: position) }
+                position &+= UInt64(view.capacity - offset)
                 continue
             }
             let length = Int(base.load(fromByteOffset: RingLayout.Record.length, as: UInt32.self))
@@ -391,6 +344,9 @@ public final class RingConsumer {
     }
 
     @usableFromInline
+    func closedError() -> RingError { RingError(.closed, key: key, "the consumer of \(key) is detached") }
+
+    @usableFromInline
     func corruptedRecord(length: Int, position: UInt64) -> RingError {
         RingError(
             .corrupted, key: key,
@@ -410,7 +366,7 @@ public final class RingConsumer {
     /// Whether the producer still serves the ring (its rendezvous connection is open). Never
     /// blocks; a system call, so not for every poll.
     public var isProducerAlive: Bool {
-        guard !headerSegment.isClosed else { return false }
+        guard !state.pointee.closed else { return false }
         var entry = pollfd(fd: connection.rawValue, events: CShmLinux_POLLRDHUP, revents: 0)
         return Glibc.poll(&entry, 1, 0) == 0
     }

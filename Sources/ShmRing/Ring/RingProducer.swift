@@ -17,8 +17,13 @@ struct ProducerState {
     @usableFromInline var limit: UInt64
     /// Look at the consumers again once a claim reaches this (the low watermark below `limit`).
     @usableFromInline var rescanAt: UInt64
-    /// A claim or batch is in progress.
+    /// A claim is in progress, or the producer is closed (one flag, so that the hot path checks
+    /// both with one branch).
     @usableFromInline var busy: Bool
+    @usableFromInline var closed: Bool
+    /// The tail last published: nothing from here on may be overwritten (it is this batch's or
+    /// this claim's own space), whatever the consumers have read.
+    @usableFromInline var publishedTail: UInt64
     /// Inside a batch: the first commit word, written last.
     @usableFromInline var batchFirstWord: UnsafeMutablePointer<UInt64>?
     @usableFromInline var batchFirstValue: UInt64
@@ -136,7 +141,7 @@ public final class RingProducer {
             to: ProducerState(
                 position: start, sequence: config.initialSequence & RingLayout.sequenceMask,
                 limit: start &+ UInt64(config.capacity), rescanAt: start &+ UInt64(config.capacity * 3 / 4),
-                busy: false,
+                busy: false, closed: false, publishedTail: start,
                 batchFirstWord: nil, batchFirstValue: 0, inBatch: false, lastSection: UInt64.max, tailVersion: 0,
                 published: 0, publishedBytes: 0, backPressureEvents: 0, verifiedType: nil))
         writeHeader(config, id: id)
@@ -157,9 +162,13 @@ public final class RingProducer {
         slotPages.deallocate()
     }
 
-    /// Stops serving the key and unmaps the ring. Attached consumers see the producer go (their
-    /// rendezvous connection hangs up) and keep what they mapped.
+    /// Stops serving the key. Attached consumers see the producer go (their rendezvous connection
+    /// hangs up) and keep what they mapped; publishing afterwards is `.closed` (the slots are
+    /// released, so nothing would hold the producer back from overwriting what they read). The
+    /// memory is unmapped when the producer is deinitialized.
     public func close() {
+        state.pointee.closed = true
+        state.pointee.busy = true
         server.stop()
     }
 
@@ -293,17 +302,16 @@ public final class RingProducer {
     ) throws -> PublishResult {
         guard let record = try reserve(length: length) else { return .backPressured }
         state.pointee.busy = true
+        defer { state.pointee.busy = state.pointee.closed }
         let payload = UnsafeMutableRawBufferPointer(
             start: view.data + Int(record & view.mask) + RingLayout.recordHeaderSize, count: length)
         let decision: ClaimDecision
         do {
             decision = try body(payload)
         } catch {
-            state.pointee.busy = false
             abandon(record: record)
             throw error
         }
-        state.pointee.busy = false
         if decision == .commit {
             commit(record: record, length: length, type: type)
         } else {
@@ -347,6 +355,7 @@ public final class RingProducer {
     @inlinable
     public func batch<R>(_ body: (RingProducer) throws -> R) throws -> R {
         guard !state.pointee.inBatch, !state.pointee.busy else {
+            if state.pointee.closed { throw busyError() }
             throw RingError(.claimOutstanding, key: key, "a batch inside a claim or a batch")
         }
         state.pointee.inBatch = true
@@ -360,7 +369,7 @@ public final class RingProducer {
     /// back-pressured. Writes the padding record when the record does not fit before the end.
     @inlinable @inline(__always)
     func reserve(length: Int) throws(RingError) -> UInt64? {
-        guard !state.pointee.busy else { throw claimOutstanding() }
+        guard !state.pointee.busy else { throw busyError() }
         guard length >= 0, length <= view.maxMessageLength else { throw tooLong(length) }
         let size = view.recordSize(length)
         var position = state.pointee.position
@@ -410,7 +419,9 @@ public final class RingProducer {
         }
         let size = UInt64(view.recordSize(length))
         let section = position >> UInt64(sectionShift)
-        if section != state.pointee.lastSection {
+        // Boundary entries only for records already visible: inside a batch, only its first
+        // record's, written when the batch ends (a joiner must not start inside a batch).
+        if section != state.pointee.lastSection && !state.pointee.inBatch {
             recordBoundary(position: position, sequence: sequence, section: section)
         }
         state.pointee.position = position &+ size
@@ -426,6 +437,7 @@ public final class RingProducer {
     /// Publishes the tail and the counters (once per commit, or once per batch).
     @inlinable @inline(__always)
     func publishTail() {
+        state.pointee.publishedTail = state.pointee.position
         let version = state.pointee.tailVersion &+ 2
         state.pointee.tailVersion = version
         // Seqlock: odd version, release fence (orders it before the data), data, even version
@@ -446,6 +458,9 @@ public final class RingProducer {
     func abandon(record position: UInt64) {
         state.pointee.position = position
         CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tailIntent), position)
+        // A padding record may have moved the position to the next lap: publish it, so that the
+        // tail (what joiners start from) and the position stay one.
+        if !state.pointee.inBatch && position != state.pointee.publishedTail { publishTail() }
     }
 
     // MARK: - Off the hot path
@@ -458,6 +473,17 @@ public final class RingProducer {
             // visible no later than this. Partner: the consumer's acquire load in `poll`.
             CShmAtomics_u64_store_release(first, state.pointee.batchFirstValue)
             state.pointee.batchFirstWord = nil
+            // The batch's first record as a boundary entry, now that it is visible. It starts at
+            // the old tail, or at the next lap's start if a padding record came first.
+            var start = state.pointee.publishedTail
+            let offset = UInt64(UInt(bitPattern: first) &- UInt(bitPattern: view.data))
+            if offset != start & view.mask { start = (start | view.mask) &+ 1 }
+            let section = start >> UInt64(sectionShift)
+            if section != state.pointee.lastSection {
+                recordBoundary(
+                    position: start, sequence: (state.pointee.batchFirstValue ^ view.salt) & RingLayout.sequenceMask,
+                    section: section)
+            }
         }
         publishTail()
     }
@@ -520,16 +546,18 @@ public final class RingProducer {
     func gatingMinimum() -> UInt64 {
         let position = state.pointee.position
         let capacity = UInt64(view.capacity)
-        var largestLag: UInt64 = 0
+        // Never past the last published tail: what lies beyond it is this batch's own records.
+        var largestLag: UInt64 = position &- state.pointee.publishedTail
         for index in 0..<slotCount {
             let page = slotPages[index]
             // Acquire: a slot seen active is seen with the cursor the joiner stored before it
             // (partner: the consumer's seq_cst store of `active`); later cursor loads see at least
             // what the consumer released (partner: its release store of `cursor` in `poll`).
-            let generation = CShmAtomics_u64_load_acquire(
-                (page + RingLayout.Slot.generation).assumingMemoryBound(to: UInt64.self))
+            // `active` first (seq_cst: the Dekker half), then the generation it must match.
             let active = CShmAtomics_u64_load_seq_cst(
                 (page + RingLayout.Slot.active).assumingMemoryBound(to: UInt64.self))
+            let generation = CShmAtomics_u64_load_acquire(
+                (page + RingLayout.Slot.generation).assumingMemoryBound(to: UInt64.self))
             guard generation != 0, active == generation else { continue }
             let policy = CShmAtomics_u32_load_relaxed(
                 (page + RingLayout.Slot.policy).assumingMemoryBound(to: UInt32.self))
@@ -544,8 +572,9 @@ public final class RingProducer {
     }
 
     @usableFromInline
-    func claimOutstanding() -> RingError {
-        RingError(.claimOutstanding, key: key, "a claim is outstanding: publish or claim only after it returns")
+    func busyError() -> RingError {
+        if state.pointee.closed { return RingError(.closed, key: key, "the producer of \(key) is closed") }
+        return RingError(.claimOutstanding, key: key, "a claim is outstanding: publish or claim only after it returns")
     }
 
     @usableFromInline
@@ -595,6 +624,21 @@ public final class RingProducer {
             var response = RendezvousServer.Response(reply: reply)
             switch request.kind {
             case .observe:
+                // Read-only descriptors of the header and of every slot page (for `shmring stat`).
+                var descriptors: [FileDescriptor] = []
+                do throws(SystemCallError) {
+                    descriptors.append(try FileDescriptor(rawValue: headerDescriptor).reopen(.readOnly))
+                    for slot in slotDescriptors {
+                        descriptors.append(try FileDescriptor(rawValue: slot).reopen(.readOnly))
+                    }
+                } catch {
+                    for descriptor in descriptors { descriptor.closeIgnoringErrors() }
+                    response.reply.status = .serverError
+                    response.reply.errno = error.errno.rawValue
+                    return response
+                }
+                response.temporaryDescriptors = descriptors
+                response.reply.roles = [.data] + Array(repeating: .consumerSlot, count: slotDescriptors.count)
                 return response
             case .attachSegment:
                 response.reply.status = .wrongKind

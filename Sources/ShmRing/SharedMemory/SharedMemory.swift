@@ -261,6 +261,35 @@ public final class SharedMemory {
         lockFile.closeIgnoringErrors()
     }
 
+    /// What a live creator says about its segment, without attaching (an `observe` request: the
+    /// same credential checks, no descriptor).
+    public static func info(
+        key: String, namespace: KeyNamespace = .abstract, trustedCreators: Set<uid_t> = [geteuid()]
+    ) throws(SharedMemoryError) -> SharedMemoryInfo {
+        let address: RendezvousAddress
+        do {
+            address = try RendezvousAddress(key: key, namespace: namespace)
+        } catch {
+            throw SharedMemoryError(error, key: key)
+        }
+        let connection: RendezvousConnection
+        do {
+            connection = try RendezvousConnection.connect(
+                to: address, request: RendezvousProtocol.Request(kind: .observe, flags: []),
+                trustedUsers: trustedCreators)
+        } catch {
+            throw SharedMemoryError(error, key: key)
+        }
+        connection.close()
+        let reply = connection.reply
+        guard reply.segmentKind == .sharedMemory else {
+            throw SharedMemoryError(.incompatible, key: key, "\(key) is a ring, not a shared-memory segment")
+        }
+        return SharedMemoryInfo(
+            key: key, segmentID: reply.segmentID, size: Int(clamping: reply.size), creatorPID: reply.creatorPID,
+            creatorUID: reply.creatorUID, creatorOnlyWriters: reply.flags.contains(.creatorOnlyWriters))
+    }
+
     private static func isServed(_ address: RendezvousAddress) -> Bool {
         guard let socket = try? RendezvousConnection.connectedSocket(to: address, timeout: .seconds(5)) else {
             return false
@@ -458,4 +487,14 @@ public final class SharedMemory {
             return response
         }
     }
+}
+
+/// What `SharedMemory.info(key:)` reports about a live segment.
+public struct SharedMemoryInfo: Sendable, Equatable {
+    public var key: String
+    public var segmentID: SegmentID
+    public var size: Int
+    public var creatorPID: Int32
+    public var creatorUID: UInt32
+    public var creatorOnlyWriters: Bool
 }

@@ -1,0 +1,151 @@
+import CShmAtomics
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a ring looks like at one moment, from outside (like AeronStat for Aeron).
+public struct RingSnapshot: Sendable, Equatable {
+    public var key: String
+    public var segmentID: SegmentID
+    public var layoutVersion: UInt32
+    public var capacity: Int
+    public var alignment: Int
+    public var maxMessageLength: Int
+    public var producerPID: Int32
+    /// The position after the last committed record.
+    public var position: UInt64
+    /// The sequence number of the next message.
+    public var nextSequence: UInt64
+    public var published: UInt64
+    public var publishedBytes: UInt64
+    public var backPressureEvents: UInt64
+    /// The producer's gating limit (lowest gating cursor + capacity, at its last look).
+    public var limit: UInt64
+    public var refusesGating: Bool
+    public var consumers: [Consumer]
+
+    /// One attached consumer.
+    public struct Consumer: Sendable, Equatable {
+        public var slot: Int
+        public var pid: Int32
+        /// "gating", or the raw value of a policy this build does not know.
+        public var policy: String
+        public var position: UInt64
+        /// Bytes between the consumer's cursor and the producer's position.
+        public var lag: UInt64
+        public var delivered: UInt64
+        public var deliveredBytes: UInt64
+    }
+}
+
+/// Observes a running ring without attaching as a consumer: read-only views of its header and of
+/// every consumer slot, handed over by the producer's rendezvous server (`observe` request).
+public final class RingObserver {
+    public let key: String
+    private let header: Segment
+    private let slots: [Segment]
+    private let check: RingHeaderCheck
+    private let capacity: Int
+    private let reply: RendezvousProtocol.Reply
+
+    /// - Throws: `RingError` (`.notFound`, `.permissionDenied`, `.incompatibleLayout` — for a
+    ///   shared-memory key: "KEY is a shared-memory segment, not a ring").
+    public init(
+        key: String, namespace: KeyNamespace = .abstract, trustedCreators: Set<uid_t> = [geteuid()],
+        timeout: Duration = .seconds(5)
+    ) throws(RingError) {
+        let address: RendezvousAddress
+        do {
+            address = try RendezvousAddress(key: key, namespace: namespace)
+        } catch {
+            throw RingError(error, key: key)
+        }
+        let connection: RendezvousConnection
+        do {
+            connection = try RendezvousConnection.connect(
+                to: address, request: RendezvousProtocol.Request(kind: .observe, flags: []),
+                trustedUsers: trustedCreators, timeout: timeout)
+        } catch {
+            throw RingError(error, key: key)
+        }
+        defer { connection.socket.closeIgnoringErrors() }
+        let reply = connection.reply
+        guard reply.segmentKind == .ring else {
+            connection.close()
+            throw RingError(.incompatibleLayout, key: key, "\(key) is a shared-memory segment, not a ring")
+        }
+        guard reply.layoutVersion == RingLayout.version, reply.roles.first == .data,
+            reply.roles.dropFirst().allSatisfy({ $0 == .consumerSlot }), reply.size >= 4096, reply.size <= 1 << 40,
+            reply.size & (reply.size - 1) == 0
+        else {
+            connection.close()
+            throw RingError(
+                .incompatibleLayout, key: key,
+                "\(key): ring layout version \(reply.layoutVersion), roles \(reply.roles), size \(reply.size)")
+        }
+        let capacity = Int(reply.size)
+        var mapped: [Segment] = []
+        for (index, descriptor) in connection.descriptors.enumerated() {
+            do {
+                mapped.append(
+                    try Segment.attach(
+                        descriptor: descriptor,
+                        size: index == 0 ? RingLayout.headerMemfdSize(capacity: capacity) : RingLayout.slotSize,
+                        access: .readOnly))
+            } catch {
+                for rest in connection.descriptors[(index + 1)...] { rest.closeIgnoringErrors() }
+                throw RingError(error, key: key)
+            }
+        }
+        self.check = try RingHeaderCheck(header: mapped[0].baseAddress!, capacity: capacity, key: key)
+        self.key = key
+        self.header = mapped[0]
+        self.slots = Array(mapped.dropFirst())
+        self.capacity = capacity
+        self.reply = reply
+    }
+
+    /// Reads the counters now (each value once, relaxed: a snapshot, not a consistent cut).
+    public func snapshot() -> RingSnapshot {
+        let base = header.baseAddress!
+        func u64(_ offset: Int) -> UInt64 {
+            CShmAtomics_u64_load_relaxed((base + offset).assumingMemoryBound(to: UInt64.self))
+        }
+        func u32(_ offset: Int) -> UInt32 {
+            CShmAtomics_u32_load_relaxed((base + offset).assumingMemoryBound(to: UInt32.self))
+        }
+        let position = u64(RingLayout.Producer.tail)
+        var consumers: [RingSnapshot.Consumer] = []
+        for (index, slot) in slots.enumerated() {
+            let page = slot.baseAddress!
+            func word(_ offset: Int) -> UInt64 {
+                CShmAtomics_u64_load_relaxed((page + offset).assumingMemoryBound(to: UInt64.self))
+            }
+            let generation = word(RingLayout.Slot.generation)
+            guard generation != 0, word(RingLayout.Slot.active) == generation else { continue }
+            let rawPolicy = CShmAtomics_u32_load_relaxed(
+                (page + RingLayout.Slot.policy).assumingMemoryBound(to: UInt32.self))
+            let cursor = word(RingLayout.Slot.cursor)
+            consumers.append(
+                RingSnapshot.Consumer(
+                    slot: index,
+                    pid: Int32(
+                        bitPattern: CShmAtomics_u32_load_relaxed(
+                            (page + RingLayout.Slot.pid).assumingMemoryBound(to: UInt32.self))),
+                    policy: ConsumerPolicy(rawValue: rawPolicy).map { "\($0)" } ?? "unknown(\(rawPolicy))",
+                    position: cursor, lag: position &- cursor, delivered: word(RingLayout.Slot.delivered),
+                    deliveredBytes: word(RingLayout.Slot.deliveredBytes)))
+        }
+        return RingSnapshot(
+            key: key, segmentID: reply.segmentID, layoutVersion: u32(RingLayout.Config.layoutVersion),
+            capacity: capacity,
+            alignment: check.alignment, maxMessageLength: check.maxMessageLength,
+            producerPID: Int32(bitPattern: u32(RingLayout.Config.producerPID)), position: position,
+            nextSequence: u64(RingLayout.Producer.tailSequence), published: u64(RingLayout.Counters.publishedMessages),
+            publishedBytes: u64(RingLayout.Counters.publishedBytes),
+            backPressureEvents: u64(RingLayout.Counters.backPressureEvents), limit: u64(RingLayout.Producer.limit),
+            refusesGating: u32(RingLayout.Config.flags) & RingLayout.flagRefusesGating != 0, consumers: consumers)
+    }
+}

@@ -1,0 +1,207 @@
+import ArgumentParser
+import CShmAtomics
+import CShmLinux
+import ShmRing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `shmring pub KEY`: creates a ring and publishes into it.
+struct Pub: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create a ring under KEY and publish generated messages (or lines of standard input).",
+        discussion: """
+            Generated messages carry a sequence number, a send timestamp and a checksum (at least \
+            \(GeneratedMessage.minimumLength) bytes). SIGINT or SIGTERM ends the stream cleanly: an \
+            end-of-stream record, then the ring is closed.
+            """)
+
+    @Argument(help: "The ring's key: [A-Za-z0-9._-]{1,100}.")
+    var key: String
+
+    @Option(help: "Ring capacity, a power of two: 65536, 64KiB, 16MiB, 1GiB.")
+    var capacity = ByteSize(bytes: 16 << 20)
+
+    @Option(help: "Consumer slots created with the ring.")
+    var maxConsumers = 64
+
+    @Flag(help: "Refuse gating consumers: the publisher then never waits.")
+    var noGating = false
+
+    @Option(help: "Bytes per generated message (at least \(GeneratedMessage.minimumLength)).")
+    var size = 64
+
+    @Option(help: "Messages to publish (default: until interrupted).")
+    var count: Int?
+
+    @Option(help: "Messages per second (default: as fast as the consumers allow).")
+    var rate: Double?
+
+    @Option(help: "Publish only once this many consumers are attached.")
+    var waitConsumers = 0
+
+    @Option(help: "Seconds to stay after the last message, so that slow consumers can drain.")
+    var linger: Double = 0
+
+    @Flag(help: "Publish one message per line of standard input (raw: `sub --verify` refuses them).")
+    var stdin = false
+
+    @Option(help: "Record alignment in bytes (8 ... 4096; 64 suits feeds of 48-byte messages and up).")
+    var alignment = 16
+
+    @Option(help: "Put the key's socket in this directory instead of the abstract namespace.")
+    var dir: String?
+
+    func validate() throws {
+        guard stdin || size >= GeneratedMessage.minimumLength else {
+            throw ValidationError("--size \(size) is below the minimum of \(GeneratedMessage.minimumLength) bytes")
+        }
+        if let count, count < 0 { throw ValidationError("--count must not be negative, got \(count)") }
+        if let rate, !(rate > 0) { throw ValidationError("--rate must be positive, got \(rate)") }
+        guard waitConsumers >= 0 else { throw ValidationError("--wait-consumers must not be negative") }
+        guard linger >= 0 else { throw ValidationError("--linger must not be negative") }
+        let bytes = capacity.bytes
+        guard bytes > 0, bytes & (bytes - 1) == 0 else {
+            throw ValidationError("--capacity \(capacity) is not a power of two")
+        }
+    }
+
+    func run() throws {
+        CShmLinux_install_stop_signals()
+        var configuration = RingConfiguration(capacity: capacity.bytes)
+        configuration.maxConsumers = maxConsumers
+        configuration.refusesGating = noGating
+        configuration.alignment = alignment
+        let producer = try RingProducer(key: key, configuration: configuration, namespace: namespace(dir))
+        guard stdin || size <= producer.maxMessageLength else {
+            throw CommandFailure(
+                "\(key): --size \(size) exceeds the ring's maximum message length \(producer.maxMessageLength)")
+        }
+        printError(
+            "shmring pub: serving \(key) (capacity \(capacity), max message \(producer.maxMessageLength) bytes, "
+                + "segment \(producer.segmentID))")
+        while producer.activeConsumerCount < waitConsumers {
+            if stopRequested { break }
+            usleep(1000)
+        }
+        var published: UInt64 = 0
+        var bytes: UInt64 = 0
+        var backPressured: UInt64 = 0
+        if stdin {
+            try publishLines(producer, &published, &bytes, &backPressured)
+        } else {
+            try publishGenerated(producer, &published, &bytes, &backPressured)
+        }
+        // The end of the stream, then linger while consumers are attached.
+        let deadline = monotonicNanoseconds() &+ UInt64(max(linger, 1) * 1e9)
+        var rounds = 0
+        while try producer.publish([], type: StreamRecord.endOfStream) == .backPressured
+            && monotonicNanoseconds() < deadline
+        {
+            IdleStrategy.backoff.idle(&rounds)
+        }
+        let lingerEnd = monotonicNanoseconds() &+ UInt64(linger * 1e9)
+        while monotonicNanoseconds() < lingerEnd && producer.activeConsumerCount > 0 { usleep(1000) }
+        producer.close()
+        printError(
+            "shmring pub: \(key): published \(published) messages, \(bytes) bytes, back-pressured \(backPressured) times"
+                + (stopRequested ? ", stopped by signal \(CShmLinux_stop_signal())" : ""))
+    }
+
+    private func publishGenerated(
+        _ producer: RingProducer, _ published: inout UInt64, _ bytes: inout UInt64, _ backPressured: inout UInt64
+    ) throws {
+        let interval = rate.map { UInt64(1e9 / $0) }
+        let start = monotonicNanoseconds()
+        var sequence: UInt64 = 0
+        while count.map({ sequence < UInt64($0) }) ?? true {
+            if stopRequested { return }
+            if let interval {
+                // Paced from the intended send time, not from the last send (no drift).
+                let due = start &+ sequence &* interval
+                while monotonicNanoseconds() < due {
+                    if stopRequested { return }
+                    if due - monotonicNanoseconds() > 200_000 { usleep(100) } else { CShmAtomics_pause() }
+                }
+            }
+            var rounds = 0
+            while true {
+                let result = try producer.claim(length: size, type: StreamRecord.generated) { buffer in
+                    GeneratedMessage.write(sequence: sequence, timestamp: monotonicNanoseconds(), into: buffer)
+                    return .commit
+                }
+                if result == .published { break }
+                backPressured += 1
+                if stopRequested { return }
+                IdleStrategy.backoff.idle(&rounds)
+            }
+            sequence += 1
+            published += 1
+            bytes += UInt64(size)
+        }
+    }
+
+    private func publishLines(
+        _ producer: RingProducer, _ published: inout UInt64, _ bytes: inout UInt64, _ backPressured: inout UInt64
+    ) throws {
+        var reader = LineReader(descriptor: 0)
+        while count.map({ published < UInt64($0) }) ?? true, let line = reader.next() {
+            if stopRequested { return }
+            guard line.count <= producer.maxMessageLength else {
+                throw CommandFailure(
+                    "\(key): a \(line.count)-byte line exceeds the ring's maximum message length \(producer.maxMessageLength)"
+                )
+            }
+            var rounds = 0
+            while try producer.publish(line, type: StreamRecord.raw) == .backPressured {
+                backPressured += 1
+                if stopRequested { return }
+                IdleStrategy.backoff.idle(&rounds)
+            }
+            published += 1
+            bytes += UInt64(line.count)
+        }
+    }
+}
+
+/// Lines of a descriptor, without their newline (a last line without one counts too).
+struct LineReader {
+    let descriptor: Int32
+    private var buffer: [UInt8] = []
+    private var start = 0
+    private var finished = false
+
+    init(descriptor: Int32) { self.descriptor = descriptor }
+
+    mutating func next() -> [UInt8]? {
+        while true {
+            if let newline = buffer[start...].firstIndex(of: UInt8(ascii: "\n")) {
+                let line = Array(buffer[start..<newline])
+                start = newline + 1
+                return line
+            }
+            if finished {
+                guard start < buffer.count else { return nil }
+                let line = Array(buffer[start...])
+                start = buffer.count
+                return line
+            }
+            if start > 0 {
+                buffer.removeSubrange(0..<start)
+                start = 0
+            }
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let n = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR {
+                if stopRequested { finished = true }
+                continue
+            }
+            if n <= 0 {
+                finished = true
+            } else {
+                buffer += chunk[0..<n]
+            }
+        }
+    }
+}
