@@ -63,6 +63,7 @@ let package = Package(
             dependencies: [
                 "ShmRing",
                 "ShmRingTestPeer",
+                "shmring",
                 "CShmAtomics",
                 "CShmLinux",
                 .product(name: "SystemPackage", package: "swift-system"),

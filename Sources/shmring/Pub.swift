@@ -120,9 +120,11 @@ struct Pub: ParsableCommand {
             if let interval {
                 // Paced from the intended send time, not from the last send (no drift).
                 let due = start &+ sequence &* interval
-                while monotonicNanoseconds() < due {
+                while true {
+                    let now = monotonicNanoseconds()
+                    if now >= due { break }
                     if stopRequested { return }
-                    if due - monotonicNanoseconds() > 200_000 { usleep(100) } else { CShmAtomics_pause() }
+                    if due - now > 200_000 { usleep(100) } else { CShmAtomics_pause() }
                 }
             }
             var rounds = 0

@@ -12,7 +12,7 @@ struct ShmRingCommand: ParsableCommand {
         commandName: "shmring",
         abstract: "Shared-memory messaging for Linux: publish, subscribe, inspect, benchmark.",
         version: ShmRingVersion.current,
-        subcommands: [Pub.self, Demo.self]
+        subcommands: [Pub.self, Sub.self, Stat.self, Shm.self, Demo.self]
     )
 
     /// Runs the command; every error is one line on stderr ("shmring: ...") and a non-zero
@@ -21,6 +21,8 @@ struct ShmRingCommand: ParsableCommand {
         do {
             var command = try parseAsRoot()
             try command.run()
+        } catch let code as ExitCode {
+            Glibc.exit(code.rawValue)
         } catch let failure as CommandFailure {
             printError("shmring: \(failure.message)")
             Glibc.exit(failure.status)

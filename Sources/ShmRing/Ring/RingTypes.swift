@@ -57,7 +57,8 @@ public struct RingError: Error, Equatable, Sendable, CustomStringConvertible {
         self.errno = errno
     }
 
-    public var description: String { "\(key): \(message)" }
+    /// The message, prefixed with the key unless it starts with it already.
+    public var description: String { message.hasPrefix(key + " ") ? message : "\(key): \(message)" }
 }
 
 extension RingError {

@@ -52,7 +52,8 @@ public struct SharedMemoryError: Error, Equatable, Sendable, CustomStringConvert
         self.errno = errno
     }
 
-    public var description: String { "\(key): \(message)" }
+    /// The message, prefixed with the key unless it starts with it already.
+    public var description: String { message.hasPrefix(key + " ") ? message : "\(key): \(message)" }
 }
 
 extension SharedMemoryError {

@@ -1,0 +1,92 @@
+import ArgumentParser
+import CShmLinux
+import ShmRing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `shmring stat KEY`: what a running ring is doing, from outside.
+struct Stat: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the ring under KEY: header, producer, and every attached consumer.")
+
+    @Argument(help: "The ring's key.")
+    var key: String
+
+    @Flag(help: "Refresh until interrupted (in place on a terminal).")
+    var watch = false
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    @Option(help: "Seconds between refreshes with --watch.")
+    var interval: Double = 1
+
+    @Option(help: "The key's socket directory (default: the abstract namespace).")
+    var dir: String?
+
+    func validate() throws {
+        guard interval > 0 else { throw ValidationError("--interval must be positive, got \(interval)") }
+    }
+
+    func run() throws {
+        let observer = try RingObserver(key: key, namespace: namespace(dir))
+        guard watch else {
+            writeOut(render(observer.snapshot()))
+            return
+        }
+        CShmLinux_install_stop_signals()
+        let terminal = isatty(1) == 1
+        while !stopRequested {
+            let text = render(observer.snapshot())
+            // ANSI (home, clear) only on a terminal; elsewhere one snapshot after the other.
+            writeOut(terminal ? "\u{1B}[H\u{1B}[2J" + text : text + "\n")
+            usleep(UInt32(min(interval, 3600) * 1_000_000))
+        }
+    }
+
+    func render(_ snapshot: RingSnapshot) -> String { json ? renderJSON(snapshot) : renderText(snapshot) }
+
+    func renderText(_ s: RingSnapshot) -> String {
+        var text = """
+            ring \(s.key)  segment \(s.segmentID)  layout v\(s.layoutVersion)
+              capacity \(s.capacity) bytes, alignment \(s.alignment), max message \(s.maxMessageLength) bytes\
+            \(s.refusesGating ? ", refuses gating consumers" : "")
+              producer pid \(s.producerPID): position \(s.position), next sequence \(s.nextSequence), \
+            published \(s.published) messages (\(s.publishedBytes) bytes), back-pressure events \(s.backPressureEvents)
+              consumers: \(s.consumers.count)
+
+            """
+        if !s.consumers.isEmpty {
+            text += "  slot  pid       policy  position              lag        delivered\n"
+            for c in s.consumers {
+                text +=
+                    "  \(pad(c.slot, 4))  \(pad(c.pid, 8))  \(c.policy.padding(7))  \(pad(c.position, 20))  "
+                    + "\(pad(c.lag, 9))  \(c.delivered)\n"
+            }
+        }
+        return text
+    }
+
+    func renderJSON(_ s: RingSnapshot) -> String {
+        let consumers = s.consumers.map { c in
+            "{\"slot\": \(c.slot), \"pid\": \(c.pid), \"policy\": \(jsonString(c.policy)), \"position\": \(c.position), "
+                + "\"lag\": \(c.lag), \"delivered\": \(c.delivered), \"delivered_bytes\": \(c.deliveredBytes)}"
+        }
+        return "{\"key\": \(jsonString(s.key)), \"segment_id\": \(jsonString(s.segmentID.description)), "
+            + "\"layout_version\": \(s.layoutVersion), \"capacity\": \(s.capacity), \"alignment\": \(s.alignment), "
+            + "\"max_message_length\": \(s.maxMessageLength), \"refuses_gating\": \(s.refusesGating), "
+            + "\"producer\": {\"pid\": \(s.producerPID), \"position\": \(s.position), \"next_sequence\": \(s.nextSequence), "
+            + "\"published\": \(s.published), \"published_bytes\": \(s.publishedBytes), "
+            + "\"back_pressure_events\": \(s.backPressureEvents), \"limit\": \(s.limit)}, "
+            + "\"consumers\": [\(consumers.joined(separator: ", "))]}\n"
+    }
+
+    private func pad<T: BinaryInteger>(_ value: T, _ width: Int) -> String { "\(value)".padding(width) }
+}
+
+extension String {
+    /// Left-aligned in `width` columns.
+    func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
+}

@@ -1,0 +1,156 @@
+import Foundation
+import Testing
+
+@testable import ShmRing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The built `shmring` executable (the test target depends on it, so it sits next to the tests).
+enum ShmRingExecutable {
+    static var path: String {
+        let peer = TestPeer.debug
+        return String(peer.dropLast("shmring-test-peer".count)) + "shmring"
+    }
+}
+
+extension MultiProcess {
+    /// The `shmring` command, run as a user would (docs/cli.md).
+    @Suite struct CommandTests {
+        func shmring(_ arguments: [String], expectCrash: Bool = false) throws -> ChildProcess {
+            try ChildProcess(ShmRingExecutable.path, arguments, expectCrash: expectCrash)
+        }
+
+        /// Runs to completion; returns (status, stdout, stderr).
+        func run(_ arguments: [String]) throws -> (ChildProcess.Status, String, String) {
+            let process = try shmring(arguments)
+            let status = process.wait(timeout: .seconds(120))
+            return (status, process.standardOutput, process.standardError)
+        }
+
+        /// Waits until `path`'s stderr contains `text` (a bound, not a timing).
+        func waitFor(_ process: ChildProcess, stderrContains text: String) -> Bool {
+            let deadline = ContinuousClock.now + .seconds(60)
+            while ContinuousClock.now < deadline {
+                if process.standardError.contains(text) { return true }
+                if process.status != nil { return false }
+                usleep(2000)
+            }
+            return false
+        }
+
+        @Test func pubAndTwoVerifyingSubsAcrossProcesses() throws {
+            let key = uniqueKey()
+            let publisher = try shmring([
+                "pub", key, "--count", "20000", "--size", "100", "--wait-consumers", "2", "--linger", "30",
+            ])
+            #expect(waitFor(publisher, stderrContains: "serving \(key)"))
+            let readers = try (0..<2).map { _ in
+                try shmring(["sub", key, "--from", "oldest", "--verify", "--format", "none"])
+            }
+            for reader in readers {
+                #expect(reader.wait(timeout: .seconds(300)) == .exited(0), "\(reader.standardError)")
+                #expect(
+                    reader.standardError.contains("20000 messages, 2000000 bytes, 0 gaps"), "\(reader.standardError)")
+                #expect(reader.standardError.contains("0 corrupted; ended by end of stream"))
+                #expect(reader.standardError.split(separator: "\n").count == 1, "one summary line")
+            }
+            #expect(publisher.wait(timeout: .seconds(120)) == .exited(0), "\(publisher.standardError)")
+            #expect(publisher.standardError.contains("published 20000 messages"))
+        }
+
+        @Test func statJSONListsTheConsumers() throws {
+            let key = uniqueKey()
+            let publisher = try shmring(["pub", key, "--rate", "1000", "--capacity", "64KiB"])
+            #expect(waitFor(publisher, stderrContains: "serving \(key)"))
+            let reader = try shmring(["sub", key, "--format", "none"])
+            // The subscriber is attached once stat sees it (bounded retries).
+            var consumers: [[String: Any]] = []
+            var document: [String: Any] = [:]
+            let deadline = ContinuousClock.now + .seconds(60)
+            while consumers.isEmpty && ContinuousClock.now < deadline {
+                let (status, output, error) = try run(["stat", key, "--json"])
+                #expect(status == .exited(0), "\(error)")
+                document = try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any])
+                consumers = document["consumers"] as? [[String: Any]] ?? []
+                if consumers.isEmpty { usleep(10_000) }
+            }
+            #expect(document["key"] as? String == key)
+            #expect((document["segment_id"] as? String)?.count == 32)
+            #expect(document["layout_version"] as? Int == 1)
+            #expect(document["capacity"] as? Int == 65536)
+            let producer = try #require(document["producer"] as? [String: Any])
+            #expect(producer["pid"] as? Int == Int(publisher.pid))
+            #expect(
+                producer["position"] is Int && producer["published"] is Int && producer["back_pressure_events"] is Int)
+            #expect(consumers.count == 1)
+            #expect(consumers.first?["pid"] as? Int == Int(reader.pid))
+            #expect(consumers.first?["policy"] as? String == "gating")
+            for field in ["slot", "position", "lag", "delivered"] {
+                #expect(consumers.first?[field] is Int, "\(field)")
+            }
+            let (status, text, _) = try run(["stat", key])
+            #expect(status == .exited(0) && text.contains("ring \(key)") && text.contains("gating"))
+            // SIGINT ends the stream cleanly: the subscriber sees the end of the stream.
+            publisher.signal(SIGINT)
+            #expect(publisher.wait(timeout: .seconds(60)) == .exited(0))
+            #expect(reader.wait(timeout: .seconds(60)) == .exited(0))
+            #expect(reader.standardError.contains("ended by end of stream"), "\(reader.standardError)")
+        }
+
+        @Test func badInputIsOneLineAndANonZeroStatus() throws {
+            let segment = SharedMemory(key: uniqueKey())
+            try segment.create(size: 64)
+            let cases: [([String], String)] = [
+                (["pub", uniqueKey(), "--capacity", "1000"], "not a power of two"),
+                (["pub", uniqueKey(), "--capacity", "lots"], "capacity"),
+                (["pub", uniqueKey(), "--size", "10"], "minimum of 24"),
+                (["pub", "bad key"], "invalid key"),
+                (["sub", "bad/key"], "invalid key"),
+                (["sub", uniqueKey()], "nobody serves"),
+                (["stat", uniqueKey()], "nobody serves"),
+                (["sub", segment.key], "\(segment.key) is a shared-memory segment, not a ring"),
+                (["stat", segment.key], "\(segment.key) is a shared-memory segment, not a ring"),
+                (["sub", "k", "--idle", "sleepy"], "--idle"),
+                (["sub", "k", "--no-such-option"], "no-such-option"),
+                (["shm", "info", uniqueKey()], "nobody serves"),
+                (["frobnicate"], "frobnicate"),
+            ]
+            for (arguments, expected) in cases {
+                let (status, output, error) = try run(arguments)
+                #expect(status != .exited(0), "\(arguments)")
+                #expect(output.isEmpty, "\(arguments): \(output)")
+                let lines = error.split(separator: "\n")
+                #expect(lines.count == 1, "\(arguments): \(error)")
+                #expect(error.hasPrefix("shmring: ") && error.contains(expected), "\(arguments): \(error)")
+            }
+        }
+
+        @Test func shmCreateInfoRm() throws {
+            let key = uniqueKey()
+            let holder = try shmring(["shm", "create", key, "--size", "64KiB", "--creator-only"])
+            #expect(waitFor(holder, stderrContains: "created \(key)"))
+            let (status, output, _) = try run(["shm", "info", key, "--json"])
+            #expect(status == .exited(0))
+            let info = try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any])
+            #expect(info["size"] as? Int == 65536)
+            #expect(info["creator_only_writers"] as? Bool == true)
+            #expect(info["creator_pid"] as? Int == Int(holder.pid))
+            let (refused, _, error) = try run(["shm", "rm", key])
+            #expect(refused != .exited(0) && error.contains("live creator"))
+            holder.signal(SIGTERM)
+            #expect(holder.wait(timeout: .seconds(60)) == .exited(0))
+            let (removed, _, _) = try run(["shm", "rm", key])
+            #expect(removed == .exited(0))
+        }
+
+        @Test func versionAndHelp() throws {
+            let (status, output, _) = try run(["--version"])
+            #expect(status == .exited(0) && output.hasPrefix(ShmRingVersion.current))
+            let (helpStatus, help, _) = try run(["--help"])
+            #expect(helpStatus == .exited(0))
+            for command in ["pub", "sub", "stat", "shm"] { #expect(help.contains(command)) }
+        }
+    }
+}
