@@ -1,5 +1,6 @@
 import CShmAtomics
 import CShmLinux
+import ShmRing
 import SystemPackage
 
 #if canImport(Glibc)
@@ -58,8 +59,8 @@ enum StoreBuffering {
         // the reordering and each round would wait for a scheduler tick.
         guard CShmLinux_usable_cpus() >= 2 else { PeerRuntime.fail("needs two usable CPUs") }
         let shared = Shared(iterations: iterations, fenced: fence == "seq_cst")
-        let threads = (0..<2).map { index in
-            spawnThread { body(shared, index) }
+        let threads = try (0..<2).map { index in
+            try startThread { body(shared, index) }
         }
         for thread in threads { pthread_join(thread, nil) }
         var bothOld = 0
@@ -102,23 +103,4 @@ enum StoreBuffering {
             results[Int(round)] = seen >= round ? 1 : 0
         }
     }
-}
-
-/// Starts a joinable pthread running `body`.
-func spawnThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
-    final class Box: @unchecked Sendable {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-    }
-    let box = Unmanaged.passRetained(Box(body)).toOpaque()
-    var thread = pthread_t()
-    let rc = pthread_create(
-        &thread, nil,
-        { argument in
-            let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
-            box.body()
-            return nil
-        }, box)
-    guard rc == 0 else { PeerRuntime.fail("pthread_create: \(rc)") }
-    return thread
 }

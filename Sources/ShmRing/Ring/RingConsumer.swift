@@ -71,27 +71,11 @@ public final class RingConsumer {
         namespace: KeyNamespace = .abstract, trustedCreators: Set<uid_t> = [geteuid()],
         timeout: Duration = .seconds(5)
     ) throws(RingError) {
-        let address: RendezvousAddress
-        do {
-            address = try RendezvousAddress(key: key, namespace: namespace)
-        } catch {
-            throw RingError(error, key: key)
-        }
-        let connection: RendezvousConnection
-        do {
-            connection = try RendezvousConnection.connect(
-                to: address,
-                request: RendezvousProtocol.Request(
-                    kind: .attachRingConsumer, flags: policy == .gating ? [.gating] : []),
-                trustedUsers: trustedCreators, timeout: timeout)
-        } catch {
-            throw RingError(error, key: key)
-        }
+        let connection = try RingRendezvous.connect(
+            key: key, namespace: namespace,
+            request: RendezvousProtocol.Request(kind: .attachRingConsumer, flags: policy == .gating ? [.gating] : []),
+            trustedCreators: trustedCreators, timeout: timeout)
         let reply = connection.reply
-        guard reply.segmentKind == .ring else {
-            connection.close()
-            throw RingError(.incompatibleLayout, key: key, "\(key) is a shared-memory segment, not a ring")
-        }
         guard reply.layoutVersion == RingLayout.version else {
             connection.close()
             throw RingError(

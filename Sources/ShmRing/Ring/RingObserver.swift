@@ -56,26 +56,11 @@ public final class RingObserver {
         key: String, namespace: KeyNamespace = .abstract, trustedCreators: Set<uid_t> = [geteuid()],
         timeout: Duration = .seconds(5)
     ) throws(RingError) {
-        let address: RendezvousAddress
-        do {
-            address = try RendezvousAddress(key: key, namespace: namespace)
-        } catch {
-            throw RingError(error, key: key)
-        }
-        let connection: RendezvousConnection
-        do {
-            connection = try RendezvousConnection.connect(
-                to: address, request: RendezvousProtocol.Request(kind: .observe, flags: []),
-                trustedUsers: trustedCreators, timeout: timeout)
-        } catch {
-            throw RingError(error, key: key)
-        }
+        let connection = try RingRendezvous.connect(
+            key: key, namespace: namespace, request: RendezvousProtocol.Request(kind: .observe, flags: []),
+            trustedCreators: trustedCreators, timeout: timeout)
         defer { connection.socket.closeIgnoringErrors() }
         let reply = connection.reply
-        guard reply.segmentKind == .ring else {
-            connection.close()
-            throw RingError(.incompatibleLayout, key: key, "\(key) is a shared-memory segment, not a ring")
-        }
         guard reply.layoutVersion == RingLayout.version, reply.roles.first == .data,
             reply.roles.dropFirst().allSatisfy({ $0 == .consumerSlot }), reply.size >= 4096, reply.size <= 1 << 40,
             reply.size & (reply.size - 1) == 0
