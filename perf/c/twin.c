@@ -197,6 +197,24 @@ int main(int argc, char **argv) {
         return 2;
     }
     int rtt = strcmp(argv[1], "rtt") == 0;
+    if (strcmp(argv[1], "inprocess") == 0) {
+        // One process publishing and polling in turn: instruction counts under callgrind.
+        uint64_t count = strtoull(argv[2], 0, 10);
+        uint32_t size = (uint32_t)atoi(argv[3]);
+        char *memory = shared_memory(CSHMRING_DATA_OFFSET + CAPACITY);
+        CShmRing_slot *slot = shared_memory(4096);
+        ring r;
+        ring_init(&r, memory, slot, argc > 6 ? (uint32_t)atoi(argv[6]) : 16);
+        char payload[65536];
+        memset(payload, 7, sizeof(payload));
+        uint64_t sum = 0;
+        for (uint64_t i = 0; i < count; i++) {
+            if (!publish(&r, payload, size)) abort();
+            if (poll(&r, 1, &sum) != 1) abort();
+        }
+        printf("twin inprocess %llu\n", (unsigned long long)sum);
+        return 0;
+    }
     uint64_t count = strtoull(argv[2], 0, 10);
     uint32_t size = (uint32_t)atoi(argv[3]);
     int cpu_a = atoi(argv[4]), cpu_b = atoi(argv[5]);
