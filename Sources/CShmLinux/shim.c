@@ -201,6 +201,28 @@ int CShmLinux_install_stop_signals(void) {
 
 int CShmLinux_stop_signal(void) { return stop_signal_received; }
 
+static sigset_t stop_signals(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    return set;
+}
+
+int CShmLinux_block_stop_signals(void) {
+    sigset_t set = stop_signals();
+    return pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+int CShmLinux_wait_stop_signal(void) {
+    sigset_t set = stop_signals();
+    int received = 0;
+    while (sigwait(&set, &received) != 0) {
+    }
+    stop_signal_received = received;
+    return received;
+}
+
 int CShmLinux_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 int CShmLinux_pin_thread_to_cpu(int cpu) {

@@ -54,16 +54,35 @@ struct Pub: ParsableCommand {
     var dir: String?
 
     func validate() throws {
-        guard stdin || size >= GeneratedMessage.minimumLength else {
-            throw ValidationError("--size \(size) is below the minimum of \(GeneratedMessage.minimumLength) bytes")
-        }
-        if let count, count < 0 { throw ValidationError("--count must not be negative, got \(count)") }
-        if let rate, !(rate > 0) { throw ValidationError("--rate must be positive, got \(rate)") }
-        guard waitConsumers >= 0 else { throw ValidationError("--wait-consumers must not be negative") }
-        guard linger >= 0 else { throw ValidationError("--linger must not be negative") }
+        func invalid(_ what: String) -> ValidationError { ValidationError("\(key): \(what)") }
         let bytes = capacity.bytes
-        guard bytes > 0, bytes & (bytes - 1) == 0 else {
-            throw ValidationError("--capacity \(capacity) is not a power of two")
+        guard bytes >= 4096, bytes <= 1 << 40, bytes & (bytes - 1) == 0 else {
+            throw invalid("--capacity \(capacity) is not a power of two between 4KiB and 1TiB")
+        }
+        guard alignment >= 8, alignment <= 4096, alignment & (alignment - 1) == 0 else {
+            throw invalid("--alignment \(alignment) is not a power of two between 8 and 4096")
+        }
+        guard maxConsumers >= 1, maxConsumers <= 1024 else {
+            throw invalid("--max-consumers \(maxConsumers) is not within 1 ... 1024")
+        }
+        guard stdin || size >= GeneratedMessage.minimumLength else {
+            throw invalid("--size \(size) is below the minimum of \(GeneratedMessage.minimumLength) bytes")
+        }
+        guard stdin || size <= bytes / 4 - 16 else {
+            throw invalid("--size \(size) exceeds the largest message of a \(capacity) ring (\(bytes / 4 - 16) bytes)")
+        }
+        if let count, count < 0 { throw invalid("--count must not be negative, got \(count)") }
+        if let rate {
+            guard rate.isFinite, rate >= 0.001, rate <= 1e9 else {
+                throw invalid("--rate \(rate) is not within 0.001 ... 1e9 messages per second")
+            }
+            guard !stdin else { throw invalid("--rate applies to generated messages, not to --stdin") }
+        }
+        guard waitConsumers >= 0, waitConsumers <= maxConsumers else {
+            throw invalid("--wait-consumers \(waitConsumers) is not within 0 ... --max-consumers (\(maxConsumers))")
+        }
+        guard linger.isFinite, linger >= 0, linger <= 1e6 else {
+            throw invalid("--linger \(linger) is not within 0 ... 1e6 seconds")
         }
     }
 
@@ -88,38 +107,48 @@ struct Pub: ParsableCommand {
         var published: UInt64 = 0
         var bytes: UInt64 = 0
         var backPressured: UInt64 = 0
-        if stdin {
-            try publishLines(producer, &published, &bytes, &backPressured)
-        } else {
-            try publishGenerated(producer, &published, &bytes, &backPressured)
+        var failure: Error?
+        do {
+            if stdin {
+                try publishLines(producer, &published, &bytes, &backPressured)
+            } else {
+                try publishGenerated(producer, &published, &bytes, &backPressured)
+            }
+        } catch {
+            failure = error
         }
-        // The end of the stream, then linger while consumers are attached.
-        let deadline = monotonicNanoseconds() &+ UInt64(max(linger, 1) * 1e9)
+        // The end of the stream, whatever ended it; then linger while consumers are attached.
+        // After a signal: one second at most for the end-of-stream record, no lingering.
+        let stopped = stopRequested
+        let endDeadline = monotonicNanoseconds() &+ UInt64((stopped ? 1 : max(linger, 1)) * 1e9)
         var rounds = 0
-        while try producer.publish([], type: StreamRecord.endOfStream) == .backPressured
-            && monotonicNanoseconds() < deadline
-        {
-            IdleStrategy.backoff.idle(&rounds)
+        var endPublished = false
+        while !endPublished && monotonicNanoseconds() < endDeadline {
+            endPublished = try producer.publish([], type: StreamRecord.endOfStream) == .published
+            if !endPublished { IdleStrategy.backoff.idle(&rounds) }
         }
         let lingerEnd = monotonicNanoseconds() &+ UInt64(linger * 1e9)
-        while monotonicNanoseconds() < lingerEnd && producer.activeConsumerCount > 0 { usleep(1000) }
+        while !stopped && !stopRequested && monotonicNanoseconds() < lingerEnd && producer.activeConsumerCount > 0 {
+            usleep(1000)
+        }
         producer.close()
         printError(
             "shmring pub: \(key): published \(published) messages, \(bytes) bytes, back-pressured \(backPressured) times"
-                + (stopRequested ? ", stopped by signal \(CShmLinux_stop_signal())" : ""))
+                + (endPublished ? "" : "; the end-of-stream record found no room (a consumer is stalled)")
+                + (stopped ? "; stopped by signal \(CShmLinux_stop_signal())" : ""))
+        if let failure { throw failure }
     }
 
     private func publishGenerated(
         _ producer: RingProducer, _ published: inout UInt64, _ bytes: inout UInt64, _ backPressured: inout UInt64
     ) throws {
-        let interval = rate.map { UInt64(1e9 / $0) }
         let start = monotonicNanoseconds()
         var sequence: UInt64 = 0
         while count.map({ sequence < UInt64($0) }) ?? true {
             if stopRequested { return }
-            if let interval {
+            if let rate {
                 // Paced from the intended send time, not from the last send (no drift).
-                let due = start &+ sequence &* interval
+                let due = start &+ UInt64(Double(sequence) * 1e9 / rate)
                 while true {
                     let now = monotonicNanoseconds()
                     if now >= due { break }

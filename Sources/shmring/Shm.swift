@@ -29,7 +29,9 @@ struct Shm: ParsableCommand {
         var dir: String?
 
         func run() throws {
-            CShmLinux_install_stop_signals()
+            // Blocked before `create` starts the server thread (which inherits the mask), and taken
+            // with sigwait: no window in which the signal could be missed.
+            CShmLinux_block_stop_signals()
             var policy = AccessPolicy()
             if creatorOnly { policy.writers = .creatorOnly }
             let memory = SharedMemory(key: key, namespace: namespace(dir))
@@ -37,7 +39,7 @@ struct Shm: ParsableCommand {
             printError(
                 "shmring shm: created \(key): \(memory.size) bytes, segment \(memory.segmentID!), "
                     + "\(creatorOnly ? "creator-only writers" : "attachers may write"); holding until interrupted")
-            while !stopRequested { pause() }
+            _ = CShmLinux_wait_stop_signal()
             memory.detach()
         }
     }

@@ -39,9 +39,15 @@ struct Stat: ParsableCommand {
         CShmLinux_install_stop_signals()
         let terminal = isatty(1) == 1
         while !stopRequested {
-            let text = render(observer.snapshot())
-            // ANSI (home, clear) only on a terminal; elsewhere one snapshot after the other.
-            writeOut(terminal ? "\u{1B}[H\u{1B}[2J" + text : text + "\n")
+            let snapshot = observer.snapshot()
+            // ANSI (home, clear) only on a terminal; elsewhere one snapshot after the other (JSON:
+            // one object per line; text: a blank line between).
+            let text = render(snapshot)
+            writeOut(terminal ? "\u{1B}[H\u{1B}[2J" + text : (json ? text : text + "\n"))
+            if kill(snapshot.producerPID, 0) != 0 && errno == ESRCH {
+                printError("shmring stat: \(key): the producer (pid \(snapshot.producerPID)) is gone")
+                return
+            }
             usleep(UInt32(min(interval, 3600) * 1_000_000))
         }
     }
@@ -59,7 +65,7 @@ struct Stat: ParsableCommand {
 
             """
         if !s.consumers.isEmpty {
-            text += "  slot  pid       policy  position              lag        delivered\n"
+            text += "  slot  pid       policy   position              lag        delivered\n"
             for c in s.consumers {
                 text +=
                     "  \(pad(c.slot, 4))  \(pad(c.pid, 8))  \(c.policy.padding(7))  \(pad(c.position, 20))  "

@@ -34,7 +34,7 @@ extension MultiProcess {
             let deadline = ContinuousClock.now + .seconds(60)
             while ContinuousClock.now < deadline {
                 if process.standardError.contains(text) { return true }
-                if process.status != nil { return false }
+                if process.hasEnded { return process.standardError.contains(text) }
                 usleep(2000)
             }
             return false
@@ -104,6 +104,10 @@ extension MultiProcess {
             try segment.create(size: 64)
             let cases: [([String], String)] = [
                 (["pub", uniqueKey(), "--capacity", "1000"], "not a power of two"),
+                (["pub", "named", "--capacity", "2048"], "named: --capacity"),
+                (["pub", "named", "--rate", "0"], "named: --rate"),
+                (["pub", "named", "--linger", "inf"], "named: --linger"),
+                (["pub", "named", "--wait-consumers", "9", "--max-consumers", "4"], "named: --wait-consumers"),
                 (["pub", uniqueKey(), "--capacity", "lots"], "capacity"),
                 (["pub", uniqueKey(), "--size", "10"], "minimum of 24"),
                 (["pub", "bad key"], "invalid key"),
@@ -143,6 +147,39 @@ extension MultiProcess {
             #expect(holder.wait(timeout: .seconds(60)) == .exited(0))
             let (removed, _, _) = try run(["shm", "rm", key])
             #expect(removed == .exited(0))
+        }
+
+        /// Raw lines (--stdin) arrive as given; --verify refuses them (status 1); --count 0
+        /// publishes nothing but the end of the stream.
+        @Test func stdinLinesVerifyAndAnEmptyStream() throws {
+            let key = uniqueKey()
+            let input = "/tmp/shmring-lines-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            let text = "first line\nsecond line\nthird"
+            let file = open(input, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            try #require(file >= 0)
+            #expect(text.withCString { write(file, $0, strlen($0)) } == text.utf8.count)
+            close(file)
+            defer { unlink(input) }
+            // The lines through a shell redirect: stdin of our ChildProcess is /dev/null.
+            let publisher = try ChildProcess(
+                "/bin/sh",
+                ["-c", "exec \(ShmRingExecutable.path) pub \(key) --stdin --wait-consumers 2 --linger 30 < \(input)"])
+            #expect(waitFor(publisher, stderrContains: "serving \(key)"))
+            let plain = try shmring(["sub", key, "--from", "oldest"])
+            let verifying = try shmring(["sub", key, "--from", "oldest", "--verify", "--format", "none"])
+            #expect(plain.wait(timeout: .seconds(60)) == .exited(0), "\(plain.standardError)")
+            #expect(plain.standardOutput == "first line\nsecond line\nthird\n")
+            #expect(verifying.wait(timeout: .seconds(60)) == .exited(1), "raw lines cannot be verified")
+            #expect(verifying.standardError.contains("3 corrupted"), "\(verifying.standardError)")
+            #expect(publisher.wait(timeout: .seconds(60)) == .exited(0))
+
+            let empty = uniqueKey()
+            let nothing = try shmring(["pub", empty, "--count", "0", "--wait-consumers", "1", "--linger", "30"])
+            #expect(waitFor(nothing, stderrContains: "serving \(empty)"))
+            let reader = try shmring(["sub", empty, "--from", "oldest", "--verify"])
+            #expect(reader.wait(timeout: .seconds(60)) == .exited(0))
+            #expect(reader.standardError.contains("0 messages") && reader.standardError.contains("end of stream"))
+            #expect(nothing.wait(timeout: .seconds(60)) == .exited(0))
         }
 
         @Test func versionAndHelp() throws {

@@ -100,6 +100,11 @@ int CShmLinux_install_stop_signals(void);
 /// Whether SIGINT or SIGTERM arrived since `CShmLinux_install_stop_signals`: the signal number,
 /// or 0.
 int CShmLinux_stop_signal(void);
+/// Blocks SIGINT and SIGTERM in the calling thread (threads started afterwards inherit it), so
+/// that `CShmLinux_wait_stop_signal` can take them without a race.
+int CShmLinux_block_stop_signals(void);
+/// Waits for SIGINT or SIGTERM (blocked first with `CShmLinux_block_stop_signals`); returns it.
+int CShmLinux_wait_stop_signal(void);
 /// `pipe2(fds, O_CLOEXEC)`.
 int CShmLinux_pipe_cloexec(int fds[2]);
 /// Pins the calling thread to one CPU; returns 0 or an errno value.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CShmLinux
 import ShmRing
 
 #if canImport(Glibc)
@@ -32,7 +33,10 @@ func writeOut(_ bytes: UnsafeRawBufferPointer) {
     var offset = 0
     while offset < bytes.count {
         let n = write(1, bytes.baseAddress! + offset, bytes.count - offset)
-        if n < 0 && errno == EINTR { continue }
+        if n < 0 && errno == EINTR {
+            if CShmLinux_stop_signal() != 0 { return }  // a stuck reader of our output must not keep us
+            continue
+        }
         if n <= 0 { return }
         offset += n
     }

@@ -205,6 +205,9 @@ final class ChildProcess {
         return status
     }
 
+    /// Whether the child has ended (without reaping it; `wait` does that).
+    var hasEnded: Bool { status != nil || ChildProcess.poll(pidFD, timeout: .zero) }
+
     /// Sends `signal` to the child.
     func signal(_ signal: Int32) {
         guard status == nil else { return }
