@@ -110,6 +110,13 @@ enum RingCommands {
             let outcome = bytes.withUnsafeBytes { GeneratedMessage.check($0) }
             if case .valid(let sequence, _) = outcome, sequence == info.sequence {
             } else {
+                if corrupted == 0 {
+                    // The first one, for the report: what was wrong, and where.
+                    let carried = bytes.byteCount >= 8 ? bytes.unsafeLoadUnaligned(as: UInt64.self) : 0
+                    PeerRuntime.report(
+                        "first_corruption=\(outcome) ring_sequence=\(info.sequence) carried=\(carried) "
+                            + "position=\(info.position) length=\(bytes.byteCount)")
+                }
                 corrupted += 1
             }
             received += 1
