@@ -182,6 +182,11 @@ public final class RingConsumer {
             if attempt >= 10 { from = .newest }  // the oldest keeps being overwritten: start at the tail
             if attempt > 0 { sched_yield() }
             guard let candidate = try startCandidate(from) else { continue }
+            if attempt > 0 {
+                // Not active while the cursor changes: the producer never samples a start that
+                // was already refused together with this registration.
+                CShmAtomics_u64_store_release(slotWord(RingLayout.Slot.active), 0)
+            }
             CShmAtomics_u64_store_relaxed(slotWord(RingLayout.Slot.cursor), candidate.position)
             // Seq_cst: the joiner's half of the Dekker handshake with the producer's rescan.
             // Partner: RingProducer.makeRoom (seq_cst fence, slot loads, seq_cst store of limit).

@@ -36,6 +36,8 @@ struct ProducerState {
     @usableFromInline var backPressureEvents: UInt64
     /// The last value type whose fingerprint matched the ring's.
     @usableFromInline var verifiedType: ObjectIdentifier?
+    /// How many times a scan found an active gating cursor outside the window (diagnostics).
+    @usableFromInline var cursorsOutOfWindow: UInt64 = 0
 }
 
 /// The single producer of a ring.
@@ -550,23 +552,46 @@ public final class RingProducer {
         var largestLag: UInt64 = position &- state.pointee.publishedTail
         for index in 0..<slotCount {
             let page = slotPages[index]
-            // Acquire: a slot seen active is seen with the cursor the joiner stored before it
-            // (partner: the consumer's seq_cst store of `active`); later cursor loads see at least
-            // what the consumer released (partner: its release store of `cursor` in `poll`).
-            // `active` first (seq_cst: the Dekker half), then the generation it must match.
-            let active = CShmAtomics_u64_load_seq_cst(
-                (page + RingLayout.Slot.active).assumingMemoryBound(to: UInt64.self))
-            let generation = CShmAtomics_u64_load_acquire(
-                (page + RingLayout.Slot.generation).assumingMemoryBound(to: UInt64.self))
-            guard generation != 0, active == generation else { continue }
-            let policy = CShmAtomics_u32_load_relaxed(
-                (page + RingLayout.Slot.policy).assumingMemoryBound(to: UInt32.self))
-            guard policy == ConsumerPolicy.gating.rawValue else { continue }
-            let cursor = CShmAtomics_u64_load_acquire(
-                (page + RingLayout.Slot.cursor).assumingMemoryBound(to: UInt64.self))
-            let lag = position &- cursor
-            guard lag <= capacity else { continue }
-            largestLag = max(largestLag, lag)
+            let activeWord = (page + RingLayout.Slot.active).assumingMemoryBound(to: UInt64.self)
+            let generationWord = (page + RingLayout.Slot.generation).assumingMemoryBound(to: UInt64.self)
+            // A consistent sample of (active, generation, policy, cursor): `active` is read again
+            // after the cursor, and a slot that changed in between (a holder leaving, a joiner
+            // re-registering) is read again, so values of two holders are never mixed.
+            var lag: UInt64?
+            for _ in 0..<4 {
+                // Acquire: a slot seen active is seen with the cursor the joiner stored before it
+                // (partner: the consumer's seq_cst store of `active`); later cursor loads see at
+                // least what the consumer released (partner: its release store of `cursor` in
+                // `poll`). `active` first (seq_cst: the Dekker half), then the generation.
+                let active = CShmAtomics_u64_load_seq_cst(activeWord)
+                let generation = CShmAtomics_u64_load_acquire(generationWord)
+                guard generation != 0, active == generation else {
+                    lag = 0
+                    break
+                }
+                let policy = CShmAtomics_u32_load_relaxed(
+                    (page + RingLayout.Slot.policy).assumingMemoryBound(to: UInt32.self))
+                let cursor = CShmAtomics_u64_load_acquire(
+                    (page + RingLayout.Slot.cursor).assumingMemoryBound(to: UInt64.self))
+                // Acquire: partner of the consumer's seq_cst stores of `active`.
+                guard CShmAtomics_u64_load_acquire(activeWord) == active,
+                    CShmAtomics_u64_load_acquire(generationWord) == generation
+                else { continue }
+                guard policy == ConsumerPolicy.gating.rawValue else {
+                    lag = 0
+                    break
+                }
+                // An active gating cursor outside [position - capacity, position] is not silently
+                // ignored (that would stop gating on it): the producer holds still at its own
+                // position until the cursor is valid again (a joiner retrying moves it at once;
+                // eviction of a consumer whose cursor stays invalid is the untrusted-memory issue's).
+                let distance = position &- cursor
+                if distance > capacity { state.pointee.cursorsOutOfWindow &+= 1 }
+                lag = min(distance, capacity)
+                break
+            }
+            // Never a consistent sample: the slot keeps changing; hold still, to be safe.
+            largestLag = max(largestLag, lag ?? capacity)
         }
         return position &- largestLag
     }
