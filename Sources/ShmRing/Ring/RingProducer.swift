@@ -611,10 +611,7 @@ public final class RingProducer {
 
     @usableFromInline
     func verify<T: BitwiseCopyable>(_: T.Type) throws(RingError) {
-        let actual = RingTypeFingerprint(T.self, version: fingerprint.version)
-        guard actual == fingerprint else {
-            throw RingError(.typeMismatch, key: key, "\(T.self) is \(actual); the ring carries \(fingerprint)")
-        }
+        try fingerprint.check(T.self, key: key)
         state.pointee.verifiedType = ObjectIdentifier(T.self)
     }
 

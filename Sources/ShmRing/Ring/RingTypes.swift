@@ -191,6 +191,14 @@ public struct RingTypeFingerprint: Equatable, Sendable, CustomStringConvertible 
     public var description: String {
         "type \(String(nameHash, radix: 16)) size \(size) stride \(stride) alignment \(alignment) version \(version)"
     }
+
+    /// Checks that `T` (at this fingerprint's version) is the ring's type.
+    func check<T: BitwiseCopyable>(_: T.Type, key: String) throws(RingError) {
+        let actual = RingTypeFingerprint(T.self, version: version)
+        guard actual == self else {
+            throw RingError(.typeMismatch, key: key, "\(T.self) is \(actual); the ring carries \(self)")
+        }
+    }
 }
 
 /// How to create a ring.
