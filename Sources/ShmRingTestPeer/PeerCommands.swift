@@ -72,10 +72,7 @@ enum PeerCommands {
         let limit = options.int("fsize-limit", default: -1)
         if limit >= 0 {
             // SIGXFSZ keeps its default action (end the process): the library must answer first.
-            var rlim = rlimit(rlim_cur: rlim_t(limit), rlim_max: rlim_t(limit))
-            guard setrlimit(__rlimit_resource_t(RLIMIT_FSIZE.rawValue), &rlim) == 0 else {
-                PeerRuntime.fail("setrlimit(RLIMIT_FSIZE): errno \(errno)")
-            }
+            PeerRuntime.setLimit(RLIMIT_FSIZE, "RLIMIT_FSIZE", to: limit)
         }
         do {
             let segment = try Segment.create(name: "peer-segment", size: options.int("size"))
@@ -98,10 +95,7 @@ enum PeerCommands {
     static func receiveDescriptors(_ options: PeerOptions) throws {
         let limit = options.int("nofile-limit", default: -1)
         if limit >= 0 {
-            var rlim = rlimit(rlim_cur: rlim_t(limit), rlim_max: rlim_t(limit))
-            guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &rlim) == 0 else {
-                PeerRuntime.fail("setrlimit(RLIMIT_NOFILE): errno \(errno)")
-            }
+            PeerRuntime.setLimit(RLIMIT_NOFILE, "RLIMIT_NOFILE", to: limit)
         }
         PeerRuntime.report("open_before=\(openDescriptorCount())")
         do {

@@ -51,6 +51,14 @@ enum PeerRuntime {
         exit(2)
     }
 
+    /// Sets both the soft and the hard limit of `resource`, or fails the peer.
+    static func setLimit(_ resource: __rlimit_resource, _ name: String, to value: Int) {
+        var limit = rlimit(rlim_cur: rlim_t(value), rlim_max: rlim_t(value))
+        guard setrlimit(__rlimit_resource_t(resource.rawValue), &limit) == 0 else {
+            fail("setrlimit(\(name)): errno \(errno)")
+        }
+    }
+
     /// Blocks until the lifeline closes (the test kills us, or goes away).
     static func parkForever() -> Never {
         while true { pause() }

@@ -138,7 +138,13 @@ enum RingCommands {
         let from: RingStartPosition = options.has("from") && options.string("from") == "newest" ? .newest : .oldest
         let consumer = try RingConsumer(key: options.string("key"), from: from)
         PeerRuntime.ready("attached")
-        let count = options.int("count")
+        let verification = try readAndCheck(consumer, count: options.int("count"))
+        verification.report()
+        consumer.detach()
+    }
+
+    /// Polls `consumer` until `count` messages have arrived, checking each one.
+    static func readAndCheck(_ consumer: RingConsumer, count: Int) throws -> Verification {
         var verification = Verification()
         var spins = 0
         while verification.received < count {
@@ -148,8 +154,7 @@ enum RingCommands {
             }
             if got == 0 { idle(&spins) } else { spins = 0 }
         }
-        verification.report()
-        consumer.detach()
+        return verification
     }
 
     /// `--key K --rounds R --per-round M`: R times: attach at the newest record, read and check M
@@ -161,15 +166,7 @@ enum RingCommands {
         var badRounds = 0
         for _ in 0..<rounds {
             let consumer = try RingConsumer(key: options.string("key"), from: .newest)
-            var verification = Verification()
-            var spins = 0
-            while verification.received < perRound {
-                let got = try consumer.poll(limit: perRound - verification.received) { bytes, info in
-                    verification.check(bytes, info)
-                    return .continue
-                }
-                if got == 0 { idle(&spins) } else { spins = 0 }
-            }
+            let verification = try readAndCheck(consumer, count: perRound)
             consumer.detach()
             if verification.gaps != 0 || verification.corrupted != 0 { badRounds += 1 }
             total.received += verification.received

@@ -53,10 +53,7 @@ enum SharedMemoryCommands {
             // below it).
             let limit = Int(PeerCommands.highestDescriptor()) + 1 + options.int("spare-descriptors")
             PeerRuntime.report("nofile_limit=\(limit)")
-            var rlim = rlimit(rlim_cur: rlim_t(limit), rlim_max: rlim_t(limit))
-            guard setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &rlim) == 0 else {
-                PeerRuntime.fail("setrlimit(RLIMIT_NOFILE): errno \(errno)")
-            }
+            PeerRuntime.setLimit(RLIMIT_NOFILE, "RLIMIT_NOFILE", to: limit)
         }
         PeerRuntime.report("segment_id=\(memory.segmentID!)")
         PeerRuntime.ready("created")

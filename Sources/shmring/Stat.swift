@@ -44,7 +44,9 @@ struct Stat: ParsableCommand {
             // one object per line; text: a blank line between).
             let text = render(snapshot)
             writeOut(terminal ? "\u{1B}[H\u{1B}[2J" + text : (json ? text : text + "\n"))
-            if kill(snapshot.producerPID, 0) != 0 && errno == ESRCH {
+            // The pid comes from shared memory: only a positive one is asked about (kill with 0 or
+            // a negative pid would ask about process groups).
+            if snapshot.producerPID <= 0 || (kill(snapshot.producerPID, 0) != 0 && errno == ESRCH) {
                 printError("shmring stat: \(key): the producer (pid \(snapshot.producerPID)) is gone")
                 return
             }
