@@ -21,6 +21,7 @@ enum PeerCommands {
         "ring-produce": RingCommands.produce,
         "ring-consume": RingCommands.consume,
         "ring-churn": RingCommands.churn,
+        "ring-consume-lossy": RingCommands.consumeLossy,
         "ring-hot-loop": HotPath.run,
         "ring-bench": RingBench.run,
         "ring-bench-child": RingBench.child,

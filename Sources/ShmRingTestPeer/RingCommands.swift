@@ -29,8 +29,13 @@ enum RingCommands {
         if options.has("initial-position") {
             configuration.initialPosition = UInt64(options.string("initial-position"))!
         }
+        configuration.refusesGating = options.has("no-gating")
         let producer = try RingProducer(key: options.string("key"), configuration: configuration)
         let count = options.int("count")
+        // `--log FILE`: (sequence, position) of every message published one by one, for tests
+        // that check where a lossy consumer resumed.
+        let log = options.has("log") ? fopen(options.string("log"), "w") : nil
+        defer { if let log { fclose(log) } }
         let maxSize = min(options.int("max-size", default: 256), producer.maxMessageLength)
         let largeEvery = options.int("large-every", default: 100)
         let batch = max(1, options.int("batch", default: 1))
@@ -79,9 +84,15 @@ enum RingCommands {
                 backPressured += 1
                 idle(&spins)
             }
+            if count > 0 && sequence == UInt64(count / 2) { PeerRuntime.ready("half") }
+            if let log {
+                var entry = (sequence, producer.position &- UInt64(producer.recordSize(length: length)))
+                _ = withUnsafeBytes(of: &entry) { fwrite($0.baseAddress, 16, 1, log) }
+            }
             sequence += 1
         }
         let elapsed = now() - started
+        if let log { fflush(log) }  // complete before "published": the test reads it then
         PeerRuntime.report("published=\(sequence)")
         PeerRuntime.report("back_pressured=\(backPressured)")
         PeerRuntime.report("elapsed_ns=\(elapsed)")
@@ -152,9 +163,101 @@ enum RingCommands {
                 verification.check(bytes, info)
                 return .continue
             }
-            if got == 0 { idle(&spins) } else { spins = 0 }
+            if got == 0 {
+                idle(&spins)
+                // Never wait for ever on a producer that is gone (a system call: now and then).
+                if spins % 4096 == 0 && !consumer.isProducerAlive {
+                    PeerRuntime.fail("the producer went away after \(verification.received) of \(count) messages")
+                }
+            } else {
+                spins = 0
+            }
         }
         return verification
+    }
+
+    /// `--key K --until N [--policy lossy|gating] [--lag-bytes B] [--lag-ms T] [--sleep-every E
+    /// --sleep-us U] [--events FILE]`: attaches (gating with a lag limit, or lossy),
+    /// says "attached", and reads until its next sequence is N, checking every delivered message
+    /// (content, carried sequence) and every reported gap (the missed count must equal the
+    /// sequence difference). Sleeps U µs every E messages to fall behind. `.demoted` and
+    /// `.cannotKeepUp` are counted and reading goes on. Each resumption is written to FILE as
+    /// (expected sequence, resumed sequence, resumed position, lap floor), four UInt64s.
+    static func consumeLossy(_ options: PeerOptions) throws {
+        let lossy = !options.has("policy") || options.string("policy") == "lossy"
+        var lagLimit: LagLimit?
+        if options.has("lag-bytes") || options.has("lag-ms") {
+            lagLimit = LagLimit(
+                bytes: options.has("lag-bytes") ? options.int("lag-bytes") : nil,
+                time: options.has("lag-ms") ? .milliseconds(options.int("lag-ms")) : nil)
+        }
+        let consumer = try RingConsumer(
+            key: options.string("key"), from: .newest, policy: lossy ? .lossy : .gating, lagLimit: lagLimit)
+        let until = UInt64(options.int("until"))
+        let sleepEvery = options.int("sleep-every", default: 0)
+        let sleepMicroseconds = UInt32(options.int("sleep-us", default: 0))
+        let events = options.has("events") ? fopen(options.string("events"), "w") : nil
+        defer { if let events { fclose(events) } }
+        PeerRuntime.ready("attached")
+        var delivered: UInt64 = 0
+        var corrupted = 0
+        var unreportedGaps = 0
+        var reportedMissed: UInt64 = 0
+        var resumptions = 0
+        var demoted = 0
+        var cannotKeepUp = 0
+        var expected = consumer.nextSequence
+        var spins = 0
+        func check(_ bytes: RawSpan, _ info: RingRecordInfo) -> PollAction {
+            if info.missedMessages > 0 {
+                reportedMissed += info.missedMessages
+                resumptions += 1
+                var event = (expected, info.sequence, info.position, consumer.lastLapFloor)
+                if let events { _ = withUnsafeBytes(of: &event) { fwrite($0.baseAddress, 32, 1, events) } }
+            }
+            if (info.sequence &- expected) & ((1 << 63) - 1) != info.missedMessages { unreportedGaps += 1 }
+            expected = (info.sequence &+ 1) & ((1 << 63) - 1)
+            let outcome = bytes.withUnsafeBytes { GeneratedMessage.check($0) }
+            if case .valid(let carried, _) = outcome, carried == info.sequence {
+            } else {
+                corrupted += 1
+            }
+            delivered += 1
+            if sleepEvery > 0 && delivered % UInt64(sleepEvery) == 0 { usleep(sleepMicroseconds) }
+            return .continue
+        }
+        while consumer.nextSequence < until {
+            var got = 0
+            do throws(RingError) {
+                got = try consumer.poll(limit: 4096, check)
+            } catch {
+                switch error.code {
+                case .demoted: demoted += 1
+                case .cannotKeepUp: cannotKeepUp += 1
+                default: throw error
+                }
+            }
+            if got == 0 {
+                idle(&spins)
+                if spins % 4096 == 0 && !consumer.isProducerAlive && consumer.nextSequence < until {
+                    // Drain once more, then give up: the producer is gone.
+                    PeerRuntime.fail("the producer went away at sequence \(consumer.nextSequence) of \(until)")
+                }
+            } else {
+                spins = 0
+            }
+        }
+        PeerRuntime.report("delivered=\(consumer.delivered)")
+        PeerRuntime.report("handed=\(delivered)")
+        PeerRuntime.report("lapped_messages=\(consumer.lappedMessages)")
+        PeerRuntime.report("lapped_bytes=\(consumer.lappedBytes)")
+        PeerRuntime.report("reported_missed=\(reportedMissed)")
+        PeerRuntime.report("resumptions=\(resumptions)")
+        PeerRuntime.report("unreported_gaps=\(unreportedGaps)")
+        PeerRuntime.report("corrupted=\(corrupted)")
+        PeerRuntime.report("demoted=\(demoted)")
+        PeerRuntime.report("cannot_keep_up=\(cannotKeepUp)")
+        consumer.detach()
     }
 
     /// `--key K --rounds R --per-round M`: R times: attach at the newest record, read and check M

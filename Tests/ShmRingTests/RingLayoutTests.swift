@@ -54,6 +54,8 @@ import Testing
         #expect(counters + offset(\K.published_messages) == RingLayout.Counters.publishedMessages)
         #expect(counters + offset(\K.published_bytes) == RingLayout.Counters.publishedBytes)
         #expect(counters + offset(\K.back_pressure_events) == RingLayout.Counters.backPressureEvents)
+        #expect(counters + offset(\K.demotions) == RingLayout.Counters.demotions)
+        #expect(counters + offset(\K.evictions) == RingLayout.Counters.evictions)
         typealias B = CShmRing_boundary
         #expect(offset(\H.boundaries) == RingLayout.Boundary.base)
         #expect(MemoryLayout<B>.stride == RingLayout.Boundary.stride)
@@ -81,8 +83,16 @@ import Testing
         #expect(offset(\S.pid) == RingLayout.Slot.pid)
         #expect(offset(\S.delivered) == RingLayout.Slot.delivered)
         #expect(offset(\S.delivered_bytes) == RingLayout.Slot.deliveredBytes)
+        #expect(offset(\S.lapped_messages) == RingLayout.Slot.lappedMessages)
+        #expect(offset(\S.lapped_bytes) == RingLayout.Slot.lappedBytes)
+        #expect(offset(\S.joined) == RingLayout.Slot.joined)
+        #expect(offset(\S.lag_limit_bytes) == RingLayout.Slot.lagLimitBytes)
+        #expect(offset(\S.lag_limit_nanoseconds) == RingLayout.Slot.lagLimitNanoseconds)
         #expect(offset(\S.sleeping) == RingLayout.Slot.sleeping)
         #expect(offset(\S.generation) == RingLayout.Slot.generation)
+        #expect(offset(\S.notice) == RingLayout.Slot.notice)
+        #expect(CSHMRING_NOTICE_DEMOTED == RingLayout.noticeDemoted)
+        #expect(CSHMRING_NOTICE_EVICTED == RingLayout.noticeEvicted)
         #expect(MemoryLayout<S>.size <= RingLayout.slotSize)
     }
 }

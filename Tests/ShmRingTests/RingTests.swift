@@ -17,6 +17,20 @@ func drain(_ consumer: RingConsumer, limit: Int = .max) throws -> [(UInt64, [UIn
     return out
 }
 
+/// Expects `body` to throw a `RingError` with `code`.
+func expectRingError(
+    _ code: RingError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void
+) {
+    do {
+        try body()
+        Issue.record("expected \(code), nothing was thrown", sourceLocation: sourceLocation)
+    } catch let error as RingError {
+        #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
+    } catch {
+        Issue.record("expected RingError \(code), got \(error)", sourceLocation: sourceLocation)
+    }
+}
+
 @Suite struct RingTests {
     @Test func oneMessageIntoAnIdleRingArrives() throws {
         let key = uniqueKey()
@@ -67,19 +81,6 @@ func drain(_ consumer: RingConsumer, limit: Int = .max) throws -> [(UInt64, [UIn
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: configuration)
         return (producer, try RingConsumer(key: key))
-    }
-
-    func expectRingError(
-        _ code: RingError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void
-    ) {
-        do {
-            try body()
-            Issue.record("expected \(code), nothing was thrown", sourceLocation: sourceLocation)
-        } catch let error as RingError {
-            #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
-        } catch {
-            Issue.record("expected RingError \(code), got \(error)", sourceLocation: sourceLocation)
-        }
     }
 
     @Test func aRecordExactlyFillingTheEndOfTheLapNeedsNoPadding() throws {

@@ -82,6 +82,22 @@ CSHMATOMICS_INLINE void CShmAtomics_fence_seq_cst(void) { __atomic_thread_fence(
 /// Compiler-only barrier: no instruction, but the compiler may not move memory accesses across it.
 CSHMATOMICS_INLINE void CShmAtomics_compiler_barrier(void) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
 
+/// Copies `count` bytes out of shared memory that the producer may be overwriting at the same
+/// moment (a lossy reader's copy-then-validate): relaxed atomic 8-byte loads, so that the race is a
+/// deliberate, well-defined one (ThreadSanitizer sees atomic loads, not a plain racing read), and
+/// the caller validates afterwards (an acquire fence, then the producer's tail intent). `source` is
+/// 8-byte aligned and `count` is rounded up to whole words: the caller guarantees that the rounded
+/// range lies inside the record (records are padded to at least 8 bytes) and that `destination`
+/// holds it.
+CSHMATOMICS_INLINE void CShmAtomics_copy_racing(void *destination, const void *source, uint64_t count) {
+    const uint64_t *from = (const uint64_t *)source;
+    uint64_t *to = (uint64_t *)destination;
+    uint64_t words = (count + 7) / 8;
+    for (uint64_t index = 0; index < words; index++) {
+        to[index] = __atomic_load_n(from + index, __ATOMIC_RELAXED);
+    }
+}
+
 /// Spin-wait hint (`pause` on x86-64, `yield` on AArch64): lets the sibling hyper-thread run and
 /// avoids the memory-order machine clear when the awaited store arrives.
 CSHMATOMICS_INLINE void CShmAtomics_pause(void) {

@@ -1,4 +1,4 @@
-// CShmRingLayout: the ring's shared-memory layout, version 1, as C structs.
+// CShmRingLayout: the ring's shared-memory layout, version 2, as C structs.
 //
 // This is the C mirror of Swift's `RingLayout` (Sources/ShmRing/Ring/RingLayout.swift), which
 // holds every offset the library uses; a test compares the two field by field, and the
@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #define CSHMRING_MAGIC 0x31474e49524d4853ULL  // "SHMRING1" little-endian
-#define CSHMRING_LAYOUT_VERSION 1u
+#define CSHMRING_LAYOUT_VERSION 2u
 #define CSHMRING_ENDIANNESS_MARK 0x01020304u
 #define CSHMRING_LINE 64u
 /// Two cache lines: a group of fields is padded to 128 bytes (adjacent-line prefetch).
@@ -24,6 +24,9 @@
 /// Set in a commit word's sequence half for a padding record (the rest of the lap is empty).
 #define CSHMRING_PADDING_FLAG 0x8000000000000000ULL
 #define CSHMRING_SEQUENCE_MASK 0x7fffffffffffffffULL
+/// A slot's notice bits: demoted to lossy, evicted.
+#define CSHMRING_NOTICE_DEMOTED 1ULL
+#define CSHMRING_NOTICE_EVICTED 2ULL
 
 /// Written once by the creator before any consumer can attach; read by everyone.
 typedef struct {
@@ -74,7 +77,11 @@ typedef struct {
     uint64_t published_messages;
     uint64_t published_bytes;
     uint64_t back_pressure_events;
-    uint8_t reserved[CSHMRING_GROUP - 24];
+    /// Gating consumers demoted to lossy by their lag limit.
+    uint64_t demotions;
+    /// Consumers evicted for a control page holding a value that cannot be right.
+    uint64_t evictions;
+    uint8_t reserved[CSHMRING_GROUP - 40];
 } CShmRing_counters;
 
 /// The position and sequence of the first record that starts in one sixteenth of the ring,
@@ -103,24 +110,36 @@ typedef struct {
     uint32_t type;
 } CShmRing_record;
 
-/// One consumer slot: a page in a memfd of its own. The consumer writes its line; the producer's
-/// rendezvous server writes the owner line.
+/// One consumer slot: a page in a memfd of its own, fresh for every attachment. The consumer writes
+/// its line (the producer trusts none of it); the producer writes the owner line.
 typedef struct {
     // Consumer line.
     uint64_t cursor;
-    /// Equal to `generation` while the consumer is active; anything else is inactive.
+    /// Equal to the generation the producer handed out while the consumer is registered.
     uint64_t active;
+    /// 1 gating, 2 lossy (for observers: the producer keeps the policy it granted).
     uint32_t policy;
     uint32_t pid;
     uint64_t delivered;
     uint64_t delivered_bytes;
-    uint8_t reserved0[CSHMRING_GROUP - 40];
+    /// Messages and ring bytes this consumer missed because it was lapped.
+    uint64_t lapped_messages;
+    uint64_t lapped_bytes;
+    /// Equal to the generation once the join was validated (only then can a bad cursor evict).
+    uint64_t joined;
+    /// The consumer's lag limit (0: none): demote it to lossy beyond this many bytes ...
+    uint64_t lag_limit_bytes;
+    /// ... or once it has held the producer back this long.
+    uint64_t lag_limit_nanoseconds;
+    uint8_t reserved0[CSHMRING_GROUP - 80];
     // Sleeping line (the wake-up issue).
     uint32_t sleeping;
     uint8_t reserved1[CSHMRING_GROUP - 4];
-    // Owner line: written by the producer's server when it hands out or reclaims the slot.
+    // Owner line: written by the producer. `generation` is a copy for the consumer and observers
+    // (the producer's own copy is private); `notice` has CSHMRING_NOTICE_* bits.
     uint64_t generation;
-    uint8_t reserved2[CSHMRING_GROUP - 8];
+    uint64_t notice;
+    uint8_t reserved2[CSHMRING_GROUP - 16];
 } CShmRing_slot;
 
 _Static_assert(sizeof(CShmRing_config) == CSHMRING_GROUP, "config is one group");

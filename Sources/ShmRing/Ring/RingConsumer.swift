@@ -17,9 +17,60 @@ struct ConsumerState {
     @usableFromInline var publishedCursor: UInt64
     @usableFromInline var delivered: UInt64
     @usableFromInline var deliveredBytes: UInt64
+    /// Messages and ring bytes missed because the producer lapped this consumer (in all).
+    @usableFromInline var lappedMessages: UInt64 = 0
+    @usableFromInline var lappedBytes: UInt64 = 0
+    /// Missed right before the next message handed out (reported in its `RingRecordInfo`).
+    @usableFromInline var pendingMissedMessages: UInt64 = 0
+    @usableFromInline var pendingMissedBytes: UInt64 = 0
+    /// Records are copied, then validated against the tail intent (lossy, or gating with a lag
+    /// limit: the producer may stop waiting for it at any moment).
+    @usableFromInline var validating: Bool = false
+    /// The producer demoted this consumer to lossy (its lag limit).
+    @usableFromInline var demoted: Bool = false
+    /// The notice bits already acted on.
+    @usableFromInline var noticeSeen: UInt64 = 0
+    /// At the last lap: the tail intent minus the capacity (everything before it may have been
+    /// overwritten). For tests that check where the consumer resumed.
+    @usableFromInline var lastLapFloor: UInt64 = 0
     @usableFromInline var verifiedType: ObjectIdentifier?
     /// `detach()` ran: polling is `.closed` (the memory stays mapped until deinit).
     @usableFromInline var closed: Bool
+}
+
+/// A record a validating poll has read, before validation tells whether it is intact.
+@usableFromInline
+struct GatheredRecord {
+    @usableFromInline var position: UInt64
+    @usableFromInline var sequence: UInt64
+    @usableFromInline var length: Int
+    @usableFromInline var type: UInt32
+    /// Where its copy starts in the consumer's buffer (copying polls).
+    @usableFromInline var copy: Int
+
+    @inlinable
+    init(position: UInt64, sequence: UInt64, length: Int, type: UInt32, copy: Int) {
+        self.position = position
+        self.sequence = sequence
+        self.length = length
+        self.type = type
+        self.copy = copy
+    }
+}
+
+/// What a zero-copy poll of a validating consumer handed out (`RingConsumer.pollInPlace`).
+public struct InPlacePollResult: Equatable, Sendable {
+    /// Messages handed to the handler and consumed.
+    public var handled: Int
+    /// The first `torn` of them may have been overwritten while the handler read them: discard
+    /// whatever was done with them. They count as missed (`RingConsumer.lappedMessages`), not as
+    /// delivered.
+    public var torn: Int
+
+    public init(handled: Int, torn: Int) {
+        self.handled = handled
+        self.torn = torn
+    }
 }
 
 /// A consumer of a ring, in any process of an admitted user.
@@ -27,7 +78,8 @@ struct ConsumerState {
 /// Attached by key; the ring's header and data are mapped read-only (the producer sealed them
 /// `F_SEAL_FUTURE_WRITE`: no consumer can ever write them), and the consumer writes only its own
 /// slot page. A gating consumer holds the producer back: nothing it has not read is overwritten.
-/// Not thread-safe: poll from one thread at a time.
+/// A lossy consumer never does: when lapped it learns exactly what it missed and resumes at the
+/// oldest intact record (docs/ring.md, "Loss"). Not thread-safe: poll from one thread at a time.
 public final class RingConsumer {
     @usableFromInline let view: RingView
     @usableFromInline let slot: UnsafeMutableRawPointer
@@ -35,13 +87,25 @@ public final class RingConsumer {
     @usableFromInline let fingerprint: RingTypeFingerprint
     /// Publish the cursor at least this often (a quarter of the capacity), even inside one poll.
     @usableFromInline let cursorInterval: UInt64
+    /// A validating poll's copies (`bufferSize` bytes) and its records (`batchLimit` of them);
+    /// allocated when the consumer starts validating.
+    @usableFromInline var buffer: UnsafeMutableRawPointer?
+    @usableFromInline let bufferSize: Int
+    @usableFromInline var gathered: UnsafeMutablePointer<GatheredRecord>?
+    /// At most this many records are read between two validations.
+    @usableFromInline static var batchLimit: Int { 64 }
+    /// A poll that is lapped this many times in a row without handing out a message gives up
+    /// with `.cannotKeepUp`.
+    @usableFromInline static var lapRetries: Int { 16 }
     public let key: String
     /// The slot this consumer holds.
     public let slotIndex: Int
     /// The ring's identity.
     public let segmentID: SegmentID
-    /// How it treats the producer.
+    /// How it attached (see `isDemoted`).
     public let policy: ConsumerPolicy
+    /// Its lag limit, if any.
+    public let lagLimit: LagLimit?
     private let headerSegment: Segment
     private let slotSegment: Segment
     private let connection: FileDescriptor
@@ -56,21 +120,46 @@ public final class RingConsumer {
     public var nextSequence: UInt64 { state.pointee.sequence }
     /// Messages delivered to handlers so far.
     public var delivered: UInt64 { state.pointee.delivered }
+    /// Messages this consumer missed because it was lapped (exact: sequence differences).
+    public var lappedMessages: UInt64 { state.pointee.lappedMessages }
+    /// Ring bytes it missed (record headers and padding included: position differences).
+    public var lappedBytes: UInt64 { state.pointee.lappedBytes }
+    /// Whether the producer demoted this gating consumer to lossy (its lag limit).
+    public var isDemoted: Bool { state.pointee.demoted }
+    /// At the last lap: the producer's tail intent minus the capacity, the oldest position that
+    /// could still hold an intact record (tests check the resumption point against it).
+    package var lastLapFloor: UInt64 { state.pointee.lastLapFloor }
 
     /// Attaches to the ring served under `key`.
     ///
     /// - Parameters:
     ///   - from: `.newest` (the next message published) or `.oldest` (the oldest record still
     ///     guaranteed intact).
+    ///   - policy: `.gating` (the producer waits for it) or `.lossy` (it never does).
+    ///   - lagLimit: for a gating consumer, when the producer may stop waiting for it (it is then
+    ///     demoted to lossy, and told). Such a consumer copies and validates what it reads, as a
+    ///     lossy one does.
     ///   - trustedCreators: the uids accepted as producer (default: this process's).
     /// - Throws: `RingError` with `.notFound`, `.permissionDenied`, `.incompatibleLayout` (not a
     ///   ring, or a layout this build does not read), `.tooManyConsumers`, `.gatingRefused`,
-    ///   `.corrupted`, `.keyError`.
+    ///   `.corrupted`, `.keyError`, `.invalidConfiguration` (a lag limit for a lossy consumer, or
+    ///   one out of range).
     public init(
         key: String, from start: RingStartPosition = .newest, policy: ConsumerPolicy = .gating,
-        namespace: KeyNamespace = .abstract, trustedCreators: Set<uid_t> = [geteuid()],
+        lagLimit: LagLimit? = nil, namespace: KeyNamespace = .abstract, trustedCreators: Set<uid_t> = [geteuid()],
         timeout: Duration = .seconds(5)
     ) throws(RingError) {
+        if let lagLimit {
+            guard policy == .gating else {
+                throw RingError(
+                    .invalidConfiguration, key: key, "a lag limit is for gating consumers; this one is lossy")
+            }
+            guard lagLimit.bytes != nil || lagLimit.time != nil, (lagLimit.bytes ?? 1) > 0,
+                (lagLimit.time ?? .nanoseconds(1)) > .zero
+            else {
+                throw RingError(.invalidConfiguration, key: key, "a lag limit needs a positive byte count or time")
+            }
+        }
         let connection = try RingRendezvous.connect(
             key: key, namespace: namespace,
             request: RendezvousProtocol.Request(kind: .attachRingConsumer, flags: policy == .gating ? [.gating] : []),
@@ -90,6 +179,12 @@ public final class RingConsumer {
             throw RingError(.unknown, key: key, "the producer's reply has roles \(reply.roles) and size \(reply.size)")
         }
         let capacity = Int(reply.size)
+        if let bytes = lagLimit?.bytes, bytes > capacity {
+            connection.close()
+            throw RingError(
+                .invalidConfiguration, key: key,
+                "a lag limit of \(bytes) bytes exceeds the ring's capacity (\(capacity)): it could never be reached")
+        }
         let header: Segment
         do {
             header = try Segment.attach(
@@ -122,17 +217,21 @@ public final class RingConsumer {
         self.slotIndex = Int(reply.slot)
         self.segmentID = reply.segmentID
         self.policy = policy
+        self.lagLimit = lagLimit
         self.fingerprint = config.fingerprint
         self.headerSegment = header
         self.slotSegment = slotSegment
         self.connection = connection.socket
         slot = slotSegment.baseAddress!
         cursorInterval = UInt64(capacity / 4)
+        // One record of the largest size fits, and at least 64 KiB for batches.
+        bufferSize = max(1 << 16, RingLayout.align(config.maxMessageLength, 8))
         state = .allocate(capacity: 1)
         state.initialize(
             to: ConsumerState(
                 position: 0, sequence: 0, publishedCursor: 0, delivered: 0, deliveredBytes: 0, verifiedType: nil,
                 closed: false))
+        if policy == .lossy || lagLimit != nil { startValidating() }
         // The slot's generation, as the producer's server stored it before replying.
         let generation = CShmAtomics_u64_load_acquire(slotWord(RingLayout.Slot.generation))
         guard generation != 0, UInt32(truncatingIfNeeded: generation) == reply.generation else {
@@ -147,6 +246,18 @@ public final class RingConsumer {
         slotSegment.close()
         headerSegment.close()
         state.deallocate()
+        buffer?.deallocate()
+        gathered?.deallocate()
+    }
+
+    /// From now on, reads are copied and validated (allocates the copy buffer once).
+    @usableFromInline
+    func startValidating() {
+        if buffer == nil {
+            buffer = .allocate(byteCount: bufferSize, alignment: 16)
+            gathered = .allocate(capacity: Self.batchLimit)
+        }
+        state.pointee.validating = true
     }
 
     /// Leaves the ring: marks the slot inactive (a gating consumer stops holding the producer back
@@ -177,6 +288,11 @@ public final class RingConsumer {
             (slot + RingLayout.Slot.policy).assumingMemoryBound(to: UInt32.self), policy.rawValue)
         CShmAtomics_u32_store_relaxed(
             (slot + RingLayout.Slot.pid).assumingMemoryBound(to: UInt32.self), UInt32(bitPattern: getpid()))
+        // Relaxed: published by the seq_cst store of `active` below (the producer reads them after it).
+        CShmAtomics_u64_store_relaxed(slotWord(RingLayout.Slot.lagLimitBytes), UInt64(lagLimit?.bytes ?? 0))
+        CShmAtomics_u64_store_relaxed(
+            slotWord(RingLayout.Slot.lagLimitNanoseconds),
+            lagLimit?.time.map { UInt64(max(1, $0.clampedNanoseconds)) } ?? 0)
         var from = start
         for attempt in 0..<1000 {
             if attempt >= 10 { from = .newest }  // the oldest keeps being overwritten: start at the tail
@@ -197,6 +313,10 @@ public final class RingConsumer {
                 state.pointee.position = candidate.position
                 state.pointee.sequence = candidate.sequence
                 state.pointee.publishedCursor = candidate.position
+                // Release: the validated registration. From here on a cursor outside the window
+                // is not a joiner's passing state but a page that cannot be trusted: the producer
+                // evicts it (partner: its acquire load in RingProducer.sampleSlot).
+                CShmAtomics_u64_store_release(slotWord(RingLayout.Slot.joined), generation)
                 return
             }
         }
@@ -209,15 +329,33 @@ public final class RingConsumer {
         // window [limit - capacity, tail] is well-formed (checked below anyway).
         // Acquire: pairs with the producer's seq_cst store of the limit.
         let limit = CShmAtomics_u64_load_acquire(view.word(RingLayout.Producer.limit))
+        let tail = try readTail()
+        guard start == .oldest else { return tail }
+        let retained = limit &- UInt64(view.capacity)  // the producer has not been free to overwrite from here on
+        guard Int64(bitPattern: tail.position &- retained) >= 0 else { return nil }  // a newer scan: read again
+        return oldestBoundary(notBefore: retained, tail: tail)
+    }
+
+    /// The producer's tail (position and sequence of the next record), read under its seqlock.
+    @usableFromInline
+    func readTail() throws(RingError) -> (position: UInt64, sequence: UInt64) {
         guard
             let tail = view.readSnapshot(
                 version: RingLayout.Producer.tailVersion, position: RingLayout.Producer.tail,
                 sequence: RingLayout.Producer.tailSequence)
         else { throw RingError(.corrupted, key: key, "the producer's tail stays mid-update") }
-        guard start == .oldest else { return tail }
-        let capacity = UInt64(view.capacity)
-        let retained = limit &- capacity  // the producer has not been free to overwrite from here on
-        guard Int64(bitPattern: tail.position &- retained) >= 0 else { return nil }  // a newer scan: read again
+        return tail
+    }
+
+    /// The oldest boundary-index entry within [floor, tail] (record-aligned), or the tail itself.
+    /// Every value comes from shared memory and is checked; an entry that does not fit is skipped.
+    @usableFromInline
+    func oldestBoundary(notBefore floor: UInt64, tail: (position: UInt64, sequence: UInt64)) -> (
+        position: UInt64, sequence: UInt64
+    ) {
+        // A tail before the floor cannot be right (a hostile or broken producer): resume there
+        // anyway; the next validation decides.
+        guard Int64(bitPattern: tail.position &- floor) >= 0 else { return tail }
         var best = tail
         for entry in 0..<RingLayout.boundaryEntries {
             let base = RingLayout.Boundary.base + entry * RingLayout.Boundary.stride
@@ -226,10 +364,10 @@ public final class RingConsumer {
                     version: base + RingLayout.Boundary.version, position: base + RingLayout.Boundary.position,
                     sequence: base + RingLayout.Boundary.sequence)
             else { continue }
-            // Within [retained, tail], record-aligned, and older than the best so far.
-            let sinceRetained = boundary.position &- retained
-            guard sinceRetained <= tail.position &- retained, boundary.position % UInt64(view.alignment) == 0,
-                boundary.position &- retained < best.position &- retained
+            // Within [floor, tail], record-aligned, and older than the best so far.
+            let sinceFloor = boundary.position &- floor
+            guard sinceFloor <= tail.position &- floor, boundary.position % UInt64(view.alignment) == 0,
+                sinceFloor < best.position &- floor
             else { continue }
             best = boundary
         }
@@ -246,11 +384,26 @@ public final class RingConsumer {
     /// (leave this one for the next poll and return). The cursor is published once per poll, and
     /// at least every quarter of the capacity within one.
     ///
-    /// - Throws: `.corrupted` when a committed record's length cannot be right.
+    /// A gating consumer reads in place (the producer cannot overwrite what it has not read). A
+    /// lossy consumer, or one with a lag limit, copies a batch of records, validates the batch
+    /// once against the producer's tail intent, and hands out only intact copies: when it was
+    /// lapped, the messages it missed are counted (`lappedMessages`, and `missedMessages` in the
+    /// next message's info) and it goes on at the oldest intact record.
+    ///
+    /// - Throws: `.corrupted` when a committed record's length cannot be right; `.demoted` once,
+    ///   when the producer demoted this consumer (polling again goes on, lossy); `.cannotKeepUp`
+    ///   when lapped on every attempt of this poll (it has resumed at the oldest intact record);
+    ///   `.evicted`; `.closed` after `detach()`.
     @inlinable
     @discardableResult
     public func poll(limit: Int = .max, _ handler: (RawSpan, RingRecordInfo) -> PollAction) throws(RingError) -> Int {
         guard !state.pointee.closed else { throw closedError() }
+        // One load of this consumer's own page per poll: has the producer told it something?
+        // Acquire: pairs with the producer's release store of the notice (RingProducer.notify).
+        if CShmAtomics_u64_load_acquire(slotWord(RingLayout.Slot.notice)) != state.pointee.noticeSeen {
+            try takeNotice()
+        }
+        if state.pointee.validating { return try pollCopying(limit: limit, handler) }
         var position = state.pointee.position
         var sequence = state.pointee.sequence
         var count = 0
@@ -276,12 +429,13 @@ public final class RingConsumer {
                 position &+= UInt64(view.capacity - offset)
                 continue
             }
-            let length = Int(base.load(fromByteOffset: RingLayout.Record.length, as: UInt32.self))
+            // Each header field read once (relaxed: ordered by the acquire above) and checked.
+            let length = Int(CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.length)))
             let size = view.recordSize(length)
             guard length <= view.maxMessageLength, offset + size <= view.capacity else {
                 throw corruptedRecord(length: length, position: position)
             }
-            let type = base.load(fromByteOffset: RingLayout.Record.type, as: UInt32.self)
+            let type = CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.type))
             let payload = UnsafeRawBufferPointer(start: base + RingLayout.recordHeaderSize, count: length)
             let action = handler(
                 RawSpan(_unsafeBytes: payload), RingRecordInfo(sequence: sequence, position: position, type: type))
@@ -294,6 +448,236 @@ public final class RingConsumer {
             if position &- state.pointee.publishedCursor >= cursorInterval { publishCursor(position) }
         }
         return count
+    }
+
+    /// The copy-then-validate poll (lossy consumers, and gating ones with a lag limit).
+    @inlinable
+    func pollCopying(limit: Int, _ handler: (RawSpan, RingRecordInfo) -> PollAction) throws(RingError) -> Int {
+        var count = 0
+        defer { if state.pointee.position != state.pointee.publishedCursor { publishCursor(state.pointee.position) } }
+        let records = gathered.unsafelyUnwrapped
+        let copies = buffer.unsafelyUnwrapped
+        batches: while count < limit {
+            let batch = try gather(maximum: min(limit - count, Self.batchLimit), copying: true) { _, _ in .continue }
+            if batch.isEmpty { break }
+            for index in batch {
+                let record = records[index]
+                let info = RingRecordInfo(
+                    sequence: record.sequence, position: record.position, type: record.type,
+                    missedMessages: state.pointee.pendingMissedMessages, missedBytes: state.pointee.pendingMissedBytes)
+                let action = handler(
+                    RawSpan(_unsafeBytes: UnsafeRawBufferPointer(start: copies + record.copy, count: record.length)),
+                    info)
+                if action == .leave {
+                    state.pointee.position = record.position
+                    state.pointee.sequence = record.sequence
+                    break batches
+                }
+                consume(record)
+                count += 1
+                if action == .stop { break batches }
+            }
+            if state.pointee.position &- state.pointee.publishedCursor >= cursorInterval {
+                publishCursor(state.pointee.position)
+            }
+        }
+        return count
+    }
+
+    /// Zero-copy polling for a lossy consumer (or one with a lag limit): the handler reads each
+    /// message in place, and the batch is validated **after** the handler ran. The result says
+    /// how many of the handled messages may have been overwritten meanwhile: the caller must
+    /// discard what it did with those (they count as missed, and are included in the next
+    /// message's `missedMessages` when no intact message followed them in this call). Hands at
+    /// most 64 messages per call.
+    ///
+    /// For a gating consumer without a lag limit nothing can be torn: this is `poll` with a
+    /// different result.
+    @inlinable
+    public func pollInPlace(limit: Int = 64, _ handler: (RawSpan, RingRecordInfo) -> PollAction) throws(RingError)
+        -> InPlacePollResult
+    {
+        guard !state.pointee.closed else { throw closedError() }
+        // Acquire: as in `poll`.
+        if CShmAtomics_u64_load_acquire(slotWord(RingLayout.Slot.notice)) != state.pointee.noticeSeen {
+            try takeNotice()
+        }
+        guard state.pointee.validating else {
+            return InPlacePollResult(handled: try poll(limit: limit, handler), torn: 0)
+        }
+        defer { if state.pointee.position != state.pointee.publishedCursor { publishCursor(state.pointee.position) } }
+        var missed = (messages: state.pointee.pendingMissedMessages, bytes: state.pointee.pendingMissedBytes)
+        let batch = try gather(maximum: min(max(limit, 0), Self.batchLimit), copying: false) { payload, record in
+            let info = RingRecordInfo(
+                sequence: record.sequence, position: record.position, type: record.type,
+                missedMessages: missed.messages, missedBytes: missed.bytes)
+            let action = handler(RawSpan(_unsafeBytes: payload), info)
+            if action != .leave { missed = (0, 0) }
+            return action
+        }
+        let records = gathered.unsafelyUnwrapped
+        for index in batch { consume(records[index]) }
+        // Everything handed out before the intact part was torn; it is counted as missed.
+        return InPlacePollResult(handled: batch.upperBound, torn: batch.lowerBound)
+    }
+
+    /// A validated record was handed out and consumed.
+    @inlinable @inline(__always)
+    func consume(_ record: GatheredRecord) {
+        state.pointee.position = record.position &+ UInt64(view.recordSize(record.length))
+        state.pointee.sequence = (record.sequence &+ 1) & RingLayout.sequenceMask
+        state.pointee.delivered &+= 1
+        state.pointee.deliveredBytes &+= UInt64(record.length)
+        state.pointee.pendingMissedMessages = 0
+        state.pointee.pendingMissedBytes = 0
+    }
+
+    /// Reads up to `maximum` committed records from the consumer's position, copying each payload
+    /// into the buffer (`copying`) or handing it in place to `visit`, then validates the batch
+    /// once: the acquire fence, then the producer's tail intent. Whatever lies before
+    /// `tail intent - capacity` may have been overwritten while it was read.
+    ///
+    /// Returns the indices (into `gathered`) of the intact records, in order. When the consumer
+    /// was lapped, the records before them (and any before its position) are counted as missed
+    /// and its position moves to the first intact record, or, if none is, to the oldest intact
+    /// record the producer's boundary index knows; after `lapRetries` laps in a row with nothing
+    /// intact, `.cannotKeepUp`. A record that is intact and malformed is `.corrupted` (after the
+    /// intact records before it are handed out).
+    @usableFromInline
+    func gather(
+        maximum: Int, copying: Bool, _ visit: (UnsafeRawBufferPointer, GatheredRecord) -> PollAction
+    ) throws(RingError) -> Range<Int> {
+        let records = gathered.unsafelyUnwrapped
+        let copies = buffer.unsafelyUnwrapped
+        let capacity = UInt64(view.capacity)
+        var laps = 0
+        while true {
+            var position = state.pointee.position
+            var sequence = state.pointee.sequence
+            var count = 0
+            var used = 0
+            var malformed: (length: Int, position: UInt64)?
+            var stoppedByVisitor = false
+            while count < maximum {
+                let offset = Int(position & view.mask)
+                let base = view.data + offset
+                // Acquire: the record's header and payload were stored before its commit word.
+                // Partner: the producer's release store of the commit word.
+                let word = CShmAtomics_u64_load_acquire(base.assumingMemoryBound(to: UInt64.self)) ^ view.salt
+                if word != sequence {
+                    // Not committed yet, or overwritten (the tail intent below tells which).
+                    guard word == sequence | RingLayout.paddingFlag else { break }
+                    guard offset != 0 else {
+                        malformed = (0, position)
+                        break
+                    }
+                    position &+= capacity &- UInt64(offset)
+                    continue
+                }
+                // Read once, relaxed (the producer may be rewriting them: validated below).
+                let length = Int(CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.length)))
+                let type = CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.type))
+                let size = view.recordSize(length)
+                guard length <= view.maxMessageLength, offset &+ size <= view.capacity else {
+                    malformed = (length, position)
+                    break
+                }
+                let record = GatheredRecord(
+                    position: position, sequence: sequence, length: length, type: type, copy: used)
+                if copying {
+                    let rounded = RingLayout.align(length, 8)
+                    guard used &+ rounded <= bufferSize else { break }
+                    // The deliberate racing copy (relaxed atomic loads, in C): validated below.
+                    CShmAtomics_copy_racing(copies + used, base + RingLayout.recordHeaderSize, UInt64(length))
+                    used &+= rounded
+                } else {
+                    let action = visit(
+                        UnsafeRawBufferPointer(start: base + RingLayout.recordHeaderSize, count: length), record)
+                    if action == .leave { break }
+                    stoppedByVisitor = action == .stop
+                }
+                records[count] = record
+                count += 1
+                position &+= UInt64(size)
+                sequence = (sequence &+ 1) & RingLayout.sequenceMask
+                if stoppedByVisitor { break }
+            }
+            // Acquire fence: every load above (commit words, headers, copies) happens before the
+            // tail intent is read. Partner: the producer's release fence after its tail-intent
+            // store (RingProducer.reserve): a load that saw any byte of a newer lap makes this
+            // load see that lap's intent.
+            CShmAtomics_fence_acquire()
+            let intent = CShmAtomics_u64_load_relaxed(view.word(RingLayout.Producer.tailIntent))
+            let oldest = intent &- capacity  // bytes before this may have been overwritten
+            // Positions only grow within a batch, so the torn records are a prefix. A record is
+            // intact when its commit word named it (read first) and nothing was claimed over it
+            // since (read last): even one reached through a torn length is the real one.
+            var first = 0
+            while first < count && Int64(bitPattern: records[first].position &- oldest) < 0 { first += 1 }
+            if first == 0 && (count > 0 || Int64(bitPattern: position &- oldest) >= 0) {
+                if count == 0, let malformed {
+                    throw corruptedRecord(length: malformed.length, position: malformed.position)
+                }
+                return 0..<count
+            }
+            // Lapped: resume at the first intact record read, or at the oldest the index knows.
+            let resume =
+                first < count
+                ? (position: records[first].position, sequence: records[first].sequence)
+                : oldestBoundary(notBefore: oldest, tail: try readTail())
+            state.pointee.lastLapFloor = oldest
+            recordLoss(resumingAt: resume)
+            if first < count { return first..<count }
+            // Handed out in place and all torn: the caller discards them.
+            if !copying && count > 0 { return count..<count }
+            laps += 1
+            if laps >= Self.lapRetries { throw cannotKeepUp(laps: laps) }
+        }
+    }
+
+    /// The consumer was lapped: counts what it missed (sequence and position differences) and
+    /// moves it to `resume`.
+    @usableFromInline
+    func recordLoss(resumingAt resume: (position: UInt64, sequence: UInt64)) {
+        let messages = (resume.sequence &- state.pointee.sequence) & RingLayout.sequenceMask
+        let bytes = resume.position &- state.pointee.position
+        state.pointee.lappedMessages &+= messages
+        state.pointee.lappedBytes &+= bytes
+        state.pointee.pendingMissedMessages &+= messages
+        state.pointee.pendingMissedBytes &+= bytes
+        state.pointee.position = resume.position
+        state.pointee.sequence = resume.sequence
+    }
+
+    /// Acts on the producer's notice bits: evicted (permanent, every poll throws), demoted (once).
+    @usableFromInline
+    func takeNotice() throws(RingError) {
+        let notice = CShmAtomics_u64_load_acquire(slotWord(RingLayout.Slot.notice))
+        if notice & RingLayout.noticeEvicted != 0 {
+            throw RingError(
+                .evicted, key: key,
+                "the producer of \(key) evicted this consumer (slot \(slotIndex)): its control page held a value "
+                    + "that cannot be right")
+        }
+        state.pointee.noticeSeen = notice
+        if notice & RingLayout.noticeDemoted != 0 && !state.pointee.demoted {
+            state.pointee.demoted = true
+            startValidating()
+            CShmAtomics_u32_store_relaxed(
+                (slot + RingLayout.Slot.policy).assumingMemoryBound(to: UInt32.self), ConsumerPolicy.lossy.rawValue)
+            throw RingError(
+                .demoted, key: key,
+                "\(key): this consumer exceeded its lag limit and was demoted to lossy at position "
+                    + "\(state.pointee.position); it goes on, lossy")
+        }
+    }
+
+    @usableFromInline
+    func cannotKeepUp(laps: Int) -> RingError {
+        RingError(
+            .cannotKeepUp, key: key,
+            "\(key): lapped \(laps) times in a row (\(state.pointee.lappedMessages) messages missed so far); resumed at "
+                + "position \(state.pointee.position), sequence \(state.pointee.sequence)")
     }
 
     /// Polls values of the ring's type.
@@ -330,6 +714,8 @@ public final class RingConsumer {
         // Relaxed: statistics.
         CShmAtomics_u64_store_relaxed(slotWord(RingLayout.Slot.delivered), state.pointee.delivered)
         CShmAtomics_u64_store_relaxed(slotWord(RingLayout.Slot.deliveredBytes), state.pointee.deliveredBytes)
+        CShmAtomics_u64_store_relaxed(slotWord(RingLayout.Slot.lappedMessages), state.pointee.lappedMessages)
+        CShmAtomics_u64_store_relaxed(slotWord(RingLayout.Slot.lappedBytes), state.pointee.lappedBytes)
     }
 
     @usableFromInline

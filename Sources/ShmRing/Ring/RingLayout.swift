@@ -1,11 +1,11 @@
-/// Every offset and size of the ring's shared memory, layout version 1 (docs/layout.md).
+/// Every offset and size of the ring's shared memory, layout version 2 (docs/layout.md).
 ///
 /// The one place the library takes offsets from. `CShmRingLayout.h` mirrors it as C structs with
 /// `_Static_assert`s, and `RingLayoutTests` compares the two field by field.
 @usableFromInline
 enum RingLayout {
     @usableFromInline static let magic: UInt64 = 0x3147_4e49_524d_4853  // "SHMRING1"
-    @usableFromInline static let version: UInt32 = 1
+    @usableFromInline static let version: UInt32 = 2
     @usableFromInline static let endiannessMark: UInt32 = 0x0102_0304
     @usableFromInline static let cacheLine = 64
     /// Fields written by one party are grouped in 128 bytes (two lines: adjacent-line prefetch).
@@ -65,6 +65,10 @@ enum RingLayout {
         @usableFromInline static let publishedMessages = base + 0
         @usableFromInline static let publishedBytes = base + 8
         @usableFromInline static let backPressureEvents = base + 16
+        /// Gating consumers demoted to lossy by their lag limit.
+        @usableFromInline static let demotions = base + 24
+        /// Consumers whose control page held a value that cannot be right.
+        @usableFromInline static let evictions = base + 32
     }
 
     /// The boundary index at offset 384: 16 entries of 32 bytes, written by the producer only.
@@ -85,7 +89,9 @@ enum RingLayout {
         @usableFromInline static let type = 12
     }
 
-    /// A consumer slot page.
+    /// A consumer slot page: a fresh memfd for every attachment. The consumer line and the
+    /// sleeping line are written by the consumer (and nothing in them is trusted by the producer);
+    /// the notice line is written by the producer (and only tells the consumer what happened).
     @usableFromInline
     enum Slot {
         @usableFromInline static let cursor = 0
@@ -94,9 +100,19 @@ enum RingLayout {
         @usableFromInline static let pid = 20
         @usableFromInline static let delivered = 24
         @usableFromInline static let deliveredBytes = 32
+        @usableFromInline static let lappedMessages = 40
+        @usableFromInline static let lappedBytes = 48
+        @usableFromInline static let joined = 56
+        @usableFromInline static let lagLimitBytes = 64
+        @usableFromInline static let lagLimitNanoseconds = 72
         @usableFromInline static let sleeping = 128
         @usableFromInline static let generation = 256
+        @usableFromInline static let notice = 264
     }
+
+    /// Notice bits the producer sets in a slot's notice word.
+    @usableFromInline static let noticeDemoted: UInt64 = 1 << 0
+    @usableFromInline static let noticeEvicted: UInt64 = 1 << 1
 
     /// Config flag: the producer refuses gating consumers.
     @usableFromInline static let flagRefusesGating: UInt32 = 1 << 0

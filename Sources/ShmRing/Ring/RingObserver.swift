@@ -21,6 +21,10 @@ public struct RingSnapshot: Sendable, Equatable {
     public var published: UInt64
     public var publishedBytes: UInt64
     public var backPressureEvents: UInt64
+    /// Gating consumers demoted to lossy by their lag limit.
+    public var demotions: UInt64
+    /// Consumers evicted for a control page that held a value that cannot be right.
+    public var evictions: UInt64
     /// The producer's gating limit (lowest gating cursor + capacity, at its last look).
     public var limit: UInt64
     public var refusesGating: Bool
@@ -30,13 +34,21 @@ public struct RingSnapshot: Sendable, Equatable {
     public struct Consumer: Sendable, Equatable {
         public var slot: Int
         public var pid: Int32
-        /// "gating", or the raw value of a policy this build does not know.
+        /// "gating", "lossy", or the raw value of a policy this build does not know (as the
+        /// consumer wrote it: a demoted consumer says "lossy").
         public var policy: String
         public var position: UInt64
         /// Bytes between the consumer's cursor and the producer's position.
         public var lag: UInt64
         public var delivered: UInt64
         public var deliveredBytes: UInt64
+        /// Messages and ring bytes it missed because it was lapped.
+        public var lappedMessages: UInt64
+        public var lappedBytes: UInt64
+        /// The producer demoted it to lossy (its lag limit).
+        public var demoted: Bool
+        /// The producer evicted it.
+        public var evicted: Bool
     }
 }
 
@@ -113,6 +125,7 @@ public final class RingObserver {
             let rawPolicy = CShmAtomics_u32_load_relaxed(
                 (page + RingLayout.Slot.policy).assumingMemoryBound(to: UInt32.self))
             let cursor = word(RingLayout.Slot.cursor)
+            let notice = word(RingLayout.Slot.notice)
             consumers.append(
                 RingSnapshot.Consumer(
                     slot: index,
@@ -121,7 +134,10 @@ public final class RingObserver {
                             (page + RingLayout.Slot.pid).assumingMemoryBound(to: UInt32.self))),
                     policy: ConsumerPolicy(rawValue: rawPolicy).map { "\($0)" } ?? "unknown(\(rawPolicy))",
                     position: cursor, lag: position &- cursor, delivered: word(RingLayout.Slot.delivered),
-                    deliveredBytes: word(RingLayout.Slot.deliveredBytes)))
+                    deliveredBytes: word(RingLayout.Slot.deliveredBytes),
+                    lappedMessages: word(RingLayout.Slot.lappedMessages),
+                    lappedBytes: word(RingLayout.Slot.lappedBytes),
+                    demoted: notice & RingLayout.noticeDemoted != 0, evicted: notice & RingLayout.noticeEvicted != 0))
         }
         return RingSnapshot(
             key: key, segmentID: reply.segmentID, layoutVersion: u32(RingLayout.Config.layoutVersion),
@@ -130,7 +146,9 @@ public final class RingObserver {
             producerPID: Int32(bitPattern: u32(RingLayout.Config.producerPID)), position: position,
             nextSequence: u64(RingLayout.Producer.tailSequence), published: u64(RingLayout.Counters.publishedMessages),
             publishedBytes: u64(RingLayout.Counters.publishedBytes),
-            backPressureEvents: u64(RingLayout.Counters.backPressureEvents), limit: u64(RingLayout.Producer.limit),
+            backPressureEvents: u64(RingLayout.Counters.backPressureEvents),
+            demotions: u64(RingLayout.Counters.demotions), evictions: u64(RingLayout.Counters.evictions),
+            limit: u64(RingLayout.Producer.limit),
             refusesGating: u32(RingLayout.Config.flags) & RingLayout.flagRefusesGating != 0, consumers: consumers)
     }
 }

@@ -21,6 +21,8 @@ struct ProducerState {
     /// both with one branch).
     @usableFromInline var busy: Bool
     @usableFromInline var closed: Bool
+    /// The tail intent last stored: the end of all space ever claimed (it never moves back).
+    @usableFromInline var intent: UInt64
     /// The tail last published: nothing from here on may be overwritten (it is this batch's or
     /// this claim's own space), whatever the consumers have read.
     @usableFromInline var publishedTail: UInt64
@@ -36,8 +38,22 @@ struct ProducerState {
     @usableFromInline var backPressureEvents: UInt64
     /// The last value type whose fingerprint matched the ring's.
     @usableFromInline var verifiedType: ObjectIdentifier?
-    /// How many times a scan found an active gating cursor outside the window (diagnostics).
-    @usableFromInline var cursorsOutOfWindow: UInt64 = 0
+    /// When the producer first found itself back-pressured without a publish since (monotonic
+    /// nanoseconds; 0: not back-pressured). Time lag limits count from here.
+    @usableFromInline var blockedSince: UInt64 = 0
+    @usableFromInline var demotions: UInt64 = 0
+    @usableFromInline var evictions: UInt64 = 0
+}
+
+/// One look at a consumer slot from the producer's side.
+@usableFromInline
+enum SlotSample {
+    /// Free, lossy, demoted, evicted, or not registered: it does not hold the producer back.
+    case notGating
+    /// It kept changing while it was read: hold still, to be safe.
+    case unstable
+    /// A gating consumer's cursor, read consistently with its registration.
+    case gating(generation: UInt64, cursor: UInt64)
 }
 
 /// The single producer of a ring.
@@ -53,34 +69,44 @@ struct ProducerState {
 public final class RingProducer {
     @usableFromInline let view: RingView
     @usableFromInline let state: UnsafeMutablePointer<ProducerState>
-    /// The consumer slot pages (read by the producer when it looks at the gating minimum).
-    @usableFromInline let slotPages: UnsafeMutablePointer<UnsafeMutableRawPointer>
+    /// The consumer slot pages, one every 4096 bytes (read when the producer looks at the gating
+    /// minimum; written by consumers, so nothing read there is trusted).
+    @usableFromInline let slotBase: UnsafeMutableRawPointer
+    /// What the producer granted each slot (its own memory).
+    @usableFromInline let slotControls: SlotControls
     @usableFromInline let slotCount: Int
     @usableFromInline let fingerprint: RingTypeFingerprint
     /// The key.
     public let key: String
     private let headerSegment: Segment
-    private let slotSegments: [Segment]
+    private let slots: SlotBoard
     private let server: RendezvousServer
     /// The segment's random identity.
     public let segmentID: SegmentID
 
     /// The ring's capacity in bytes.
     public var capacity: Int { view.capacity }
+    /// Where the next record starts (unless it needs padding at the end of the lap); after a
+    /// publish outside a batch, the end of the record just published.
+    public var position: UInt64 { state.pointee.position }
+    /// The size a message of `length` bytes takes in the ring (header, payload, padding to the
+    /// alignment).
+    public func recordSize(length: Int) -> Int { view.recordSize(length) }
 
     /// How many consumers are attached and active now (a scan of the slot pages; not for the hot
     /// path).
     public var activeConsumerCount: Int {
         var count = 0
         for index in 0..<slotCount {
-            let page = slotPages[index]
-            // Acquire: pairs with the server's release store of the generation and the consumer's
-            // seq_cst store of `active`.
-            let generation = CShmAtomics_u64_load_acquire(
-                (page + RingLayout.Slot.generation).assumingMemoryBound(to: UInt64.self))
-            let active = CShmAtomics_u64_load_acquire(
-                (page + RingLayout.Slot.active).assumingMemoryBound(to: UInt64.self))
-            if generation != 0 && active == generation { count += 1 }
+            // Acquire: pairs with the consumer's seq_cst store of `active`, then with the server's
+            // release store of the generation (sampleSlot explains the order).
+            let active = CShmAtomics_u64_load_acquire(slotWord(index, RingLayout.Slot.active))
+            let generation = CShmAtomics_u64_load_acquire(slotControls.generation(index))
+            if generation != 0 && active == generation
+                && CShmAtomics_u64_load_relaxed(slotControls.evicted(index)) != generation
+            {
+                count += 1
+            }
         }
         return count
     }
@@ -115,14 +141,7 @@ public final class RingProducer {
         } catch {
             throw RingError(error, key: key)
         }
-        var slots: [Segment] = []
-        for index in 0..<config.maxConsumers {
-            do {
-                slots.append(try Segment.create(name: "shmring-slot:\(key):\(index)", size: RingLayout.slotSize))
-            } catch {
-                throw RingError(error, key: key)
-            }
-        }
+        let slots = try SlotBoard(key: key, count: config.maxConsumers)
         let salt = UInt64.random(in: 1...UInt64.max)
         let id = SegmentID.random()
         view = RingView(
@@ -130,20 +149,20 @@ public final class RingProducer {
             maxMessageLength: config.maxMessageLength!, salt: salt)
         self.key = key
         self.headerSegment = header
-        self.slotSegments = slots
+        self.slots = slots
         self.server = server
         self.segmentID = id
         self.fingerprint = config.fingerprint
         slotCount = slots.count
-        slotPages = .allocate(capacity: slots.count)
-        for (index, slot) in slots.enumerated() { (slotPages + index).initialize(to: slot.baseAddress!) }
+        slotBase = slots.base
+        slotControls = slots.control
         state = .allocate(capacity: 1)
         let start = config.initialPosition
         state.initialize(
             to: ProducerState(
                 position: start, sequence: config.initialSequence & RingLayout.sequenceMask,
                 limit: start &+ UInt64(config.capacity), rescanAt: start &+ UInt64(config.capacity * 3 / 4),
-                busy: false, closed: false, publishedTail: start,
+                busy: false, closed: false, intent: start, publishedTail: start,
                 batchFirstWord: nil, batchFirstValue: 0, inBatch: false, lastSection: UInt64.max, tailVersion: 0,
                 published: 0, publishedBytes: 0, backPressureEvents: 0, verifiedType: nil))
         writeHeader(config, id: id)
@@ -161,7 +180,6 @@ public final class RingProducer {
     deinit {
         close()
         state.deallocate()
-        slotPages.deallocate()
     }
 
     /// Stops serving the key. Attached consumers see the producer go (their rendezvous connection
@@ -383,9 +401,18 @@ public final class RingProducer {
         if Int64(bitPattern: end &- state.pointee.rescanAt) > 0 {
             if !makeRoom(until: end) { return nil }
         }
-        // Relaxed: lossy readers check it for laps (the next issue); its partner is their acquire
-        // load after reading a record, ordered by the commit's release below.
-        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tailIntent), end)
+        // Lap detection (the lossy reader's half is RingConsumer.gather): the tail intent moves
+        // before any byte of the claimed space is written, and never backwards (after an abort the
+        // space is reused, but what the aborted claim wrote may already have torn old records).
+        // Relaxed store, then a release fence: every later store (padding, header, payload,
+        // commit word) is ordered after it, so a reader that copied any of them and then runs an
+        // acquire fence reads this value or a newer one. (On x86-64 the fence is a compiler
+        // barrier: no instruction.)
+        if Int64(bitPattern: end &- state.pointee.intent) > 0 {
+            state.pointee.intent = end
+            CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tailIntent), end)
+            CShmAtomics_fence_release()
+        }
         if padding > 0 {
             // The rest of the lap is empty: a padding record with the next record's sequence.
             // Relaxed: a consumer that sees it early only moves to the lap's start and waits there.
@@ -459,7 +486,6 @@ public final class RingProducer {
     @inlinable
     func abandon(record position: UInt64) {
         state.pointee.position = position
-        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tailIntent), position)
         // A padding record may have moved the position to the next lap: publish it, so that the
         // tail (what joiners start from) and the position stay one.
         if !state.pointee.inBatch && position != state.pointee.publishedTail { publishTail() }
@@ -508,9 +534,24 @@ public final class RingProducer {
 
     /// Looks at the gating consumers again, publishes the new limit, and tells whether a record
     /// ending at `end` now fits. Runs at the low watermark (a quarter of the capacity before the
-    /// limit), not only when the ring is full.
+    /// limit), not only when the ring is full. When the record does not fit, consumers whose lag
+    /// limit is exceeded are demoted and the consumers are looked at once more.
     @usableFromInline
     func makeRoom(until end: UInt64) -> Bool {
+        if publishLimit(until: end) || (demoteHoldingBack(end: end) && publishLimit(until: end)) {
+            state.pointee.blockedSince = 0
+            return true
+        }
+        state.pointee.backPressureEvents &+= 1
+        CShmAtomics_u64_store_relaxed(
+            view.word(RingLayout.Counters.backPressureEvents), state.pointee.backPressureEvents)
+        return false
+    }
+
+    /// Computes and publishes the limit (the Dekker half of the join handshake) and the next
+    /// rescan point; true when a record ending at `end` fits under the limit.
+    @usableFromInline
+    func publishLimit(until end: UInt64) -> Bool {
         let capacity = UInt64(view.capacity)
         let limitWord = view.word(RingLayout.Producer.limit)
         // Seq_cst fence, then the slot loads: the producer's half of the join handshake (Dekker).
@@ -530,20 +571,14 @@ public final class RingProducer {
         // Look again at the watermark; if already past it, only when the limit itself is reached.
         state.pointee.rescanAt =
             Int64(bitPattern: watermark &- state.pointee.position) > 0 ? watermark : limit
-        if Int64(bitPattern: end &- limit) > 0 {
-            state.pointee.backPressureEvents &+= 1
-            CShmAtomics_u64_store_relaxed(
-                view.word(RingLayout.Counters.backPressureEvents), state.pointee.backPressureEvents)
-            return false
-        }
-        return true
+        return Int64(bitPattern: end &- limit) <= 0
     }
 
     /// The lowest cursor of the active gating consumers, or the producer's position if none.
     ///
-    /// Slot memory is written by consumers: each value is read once and checked. A cursor ahead of
-    /// the producer, or more than a capacity behind it, cannot be honest and is ignored (eviction
-    /// is the next issue's).
+    /// Slot memory is written by consumers: each value is read once and checked (`sampleSlot`).
+    /// A byte lag limit exceeded demotes the consumer (it stops gating); a cursor outside the
+    /// window evicts it.
     @usableFromInline
     func gatingMinimum() -> UInt64 {
         let position = state.pointee.position
@@ -551,49 +586,136 @@ public final class RingProducer {
         // Never past the last published tail: what lies beyond it is this batch's own records.
         var largestLag: UInt64 = position &- state.pointee.publishedTail
         for index in 0..<slotCount {
-            let page = slotPages[index]
-            let activeWord = (page + RingLayout.Slot.active).assumingMemoryBound(to: UInt64.self)
-            let generationWord = (page + RingLayout.Slot.generation).assumingMemoryBound(to: UInt64.self)
-            // A consistent sample of (active, generation, policy, cursor): `active` is read again
-            // after the cursor, and a slot that changed in between (a holder leaving, a joiner
-            // re-registering) is read again, so values of two holders are never mixed.
-            var lag: UInt64?
-            for _ in 0..<4 {
-                // Acquire: a slot seen active is seen with the cursor the joiner stored before it
-                // (partner: the consumer's seq_cst store of `active`); later cursor loads see at
-                // least what the consumer released (partner: its release store of `cursor` in
-                // `poll`). `active` first (seq_cst: the Dekker half), then the generation.
-                let active = CShmAtomics_u64_load_seq_cst(activeWord)
-                let generation = CShmAtomics_u64_load_acquire(generationWord)
-                guard generation != 0, active == generation else {
-                    lag = 0
-                    break
+            switch sampleSlot(index, position: position) {
+            case .notGating:
+                continue
+            case .unstable:
+                largestLag = capacity
+            case .gating(let generation, let cursor):
+                let lag = position &- cursor
+                // Read once; any value is harmless (0: no limit).
+                let lagLimit = CShmAtomics_u64_load_relaxed(slotWord(index, RingLayout.Slot.lagLimitBytes))
+                if lagLimit != 0 && lag > lagLimit {
+                    demote(index, generation: generation)
+                } else {
+                    largestLag = max(largestLag, lag)
                 }
-                let policy = CShmAtomics_u32_load_relaxed(
-                    (page + RingLayout.Slot.policy).assumingMemoryBound(to: UInt32.self))
-                let cursor = CShmAtomics_u64_load_acquire(
-                    (page + RingLayout.Slot.cursor).assumingMemoryBound(to: UInt64.self))
-                // Acquire: partner of the consumer's seq_cst stores of `active`.
-                guard CShmAtomics_u64_load_acquire(activeWord) == active,
-                    CShmAtomics_u64_load_acquire(generationWord) == generation
-                else { continue }
-                guard policy == ConsumerPolicy.gating.rawValue else {
-                    lag = 0
-                    break
-                }
-                // An active gating cursor outside [position - capacity, position] is not silently
-                // ignored (that would stop gating on it): the producer holds still at its own
-                // position until the cursor is valid again (a joiner retrying moves it at once;
-                // eviction of a consumer whose cursor stays invalid is the untrusted-memory issue's).
-                let distance = position &- cursor
-                if distance > capacity { state.pointee.cursorsOutOfWindow &+= 1 }
-                lag = min(distance, capacity)
-                break
             }
-            // Never a consistent sample: the slot keeps changing; hold still, to be safe.
-            largestLag = max(largestLag, lag ?? capacity)
         }
         return position &- largestLag
+    }
+
+    /// Reads one slot: the producer's private generation and policy, the consumer's `active` and
+    /// cursor, each once, consistently (a slot that changed in between is read again), and
+    /// validated. A registered gating consumer whose join was validated and whose cursor lies
+    /// outside [position - capacity, position] is evicted here.
+    @usableFromInline
+    func sampleSlot(_ index: Int, position: UInt64) -> SlotSample {
+        let activeWord = slotWord(index, RingLayout.Slot.active)
+        for _ in 0..<4 {
+            // `active` first (seq_cst: the Dekker half, see publishLimit; acquire: a slot seen
+            // active is seen with the cursor the joiner stored before it), then the private
+            // generation (acquire). In this order a joiner seen active is seen with its
+            // generation: the server's release store of it happened before the reply, the reply
+            // before the joiner's store of `active`, and that store before this load.
+            let active = CShmAtomics_u64_load_seq_cst(activeWord)
+            let generation = CShmAtomics_u64_load_acquire(slotControls.generation(index))
+            guard generation != 0, active == generation,
+                slotControls.evicted(index).pointee != generation, slotControls.demoted(index).pointee != generation,
+                // Relaxed: published with the generation (acquire above).
+                CShmAtomics_u64_load_relaxed(slotControls.policy(index)) == UInt64(ConsumerPolicy.gating.rawValue)
+            else { return .notGating }
+            // Acquire: later loads see at least what the consumer released (partner: its release
+            // store of `cursor` in `publishCursor`).
+            let cursor = CShmAtomics_u64_load_acquire(slotWord(index, RingLayout.Slot.cursor))
+            // Acquire: partner of the consumer's stores of `active` (a joiner retrying clears it
+            // before it moves its cursor).
+            guard CShmAtomics_u64_load_acquire(activeWord) == active else { continue }
+            if position &- cursor > UInt64(view.capacity) {
+                // Outside the window (behind by more than a capacity, or ahead of the producer).
+                // A joiner that was overtaken has such a cursor for a moment: it sees the limit
+                // and chooses again, so it is ignored. A consumer whose join was validated never
+                // has one: its page holds a value that cannot be right.
+                if CShmAtomics_u64_load_acquire(slotWord(index, RingLayout.Slot.joined)) == generation {
+                    evict(index, generation: generation)
+                }
+                return .notGating
+            }
+            return .gating(generation: generation, cursor: cursor)
+        }
+        return .unstable
+    }
+
+    /// The record ending at `end` does not fit: demotes the gating consumers that hold it back
+    /// and whose time lag limit has run out (counting from the first back-pressured attempt with
+    /// no publish since). True if any was demoted.
+    @usableFromInline
+    func demoteHoldingBack(end: UInt64) -> Bool {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)  // vDSO: no system call
+        let nanoseconds = UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
+        if state.pointee.blockedSince == 0 {
+            state.pointee.blockedSince = nanoseconds
+            return false
+        }
+        let blocked = nanoseconds &- state.pointee.blockedSince
+        let capacity = UInt64(view.capacity)
+        var demoted = false
+        for index in 0..<slotCount {
+            guard case .gating(let generation, let cursor) = sampleSlot(index, position: state.pointee.position),
+                end &- cursor > capacity  // it holds this record back
+            else { continue }
+            // Read once; any value is harmless (0: no limit).
+            let limit = CShmAtomics_u64_load_relaxed(slotWord(index, RingLayout.Slot.lagLimitNanoseconds))
+            if limit != 0 && blocked >= limit {
+                demote(index, generation: generation)
+                demoted = true
+            }
+        }
+        return demoted
+    }
+
+    /// Stops gating on a consumer that exceeded its lag limit: it reads as lossy from now on.
+    @usableFromInline
+    func demote(_ index: Int, generation: UInt64) { stopGating(index, generation: generation, evicting: false) }
+
+    /// Stops looking at a consumer whose control page holds a value that cannot be right.
+    @usableFromInline
+    func evict(_ index: Int, generation: UInt64) { stopGating(index, generation: generation, evicting: true) }
+
+    /// Records the decision privately, counts it in the segment, and tells the consumer (the
+    /// notice bit: its next poll throws `.demoted` once, or `.evicted` for good). The producer
+    /// goes on at once.
+    @usableFromInline
+    func stopGating(_ index: Int, generation: UInt64, evicting: Bool) {
+        (evicting ? slotControls.evicted(index) : slotControls.demoted(index)).pointee = generation
+        let total: UInt64
+        if evicting {
+            state.pointee.evictions &+= 1
+            total = state.pointee.evictions
+        } else {
+            state.pointee.demotions &+= 1
+            total = state.pointee.demotions
+        }
+        // Relaxed: statistics.
+        CShmAtomics_u64_store_relaxed(
+            view.word(evicting ? RingLayout.Counters.evictions : RingLayout.Counters.demotions), total)
+        notify(index, evicting ? RingLayout.noticeEvicted : RingLayout.noticeDemoted)
+    }
+
+    @usableFromInline
+    func notify(_ index: Int, _ bit: UInt64) {
+        let word = slotWord(index, RingLayout.Slot.notice)
+        // Release: pairs with the consumer's acquire load of the notice in `poll`. The producer's
+        // decision is already made (its private record); a consumer that rewrites its notice
+        // fools only itself.
+        CShmAtomics_u64_store_release(word, CShmAtomics_u64_load_relaxed(word) | bit)
+    }
+
+    /// A word of slot `index`'s page.
+    @inlinable @inline(__always)
+    func slotWord(_ index: Int, _ offset: Int) -> UnsafeMutablePointer<UInt64> {
+        (slotBase + (index &* RingLayout.slotSize &+ offset)).assumingMemoryBound(to: UInt64.self)
     }
 
     @usableFromInline
@@ -617,22 +739,9 @@ public final class RingProducer {
 
     // MARK: - Serving consumers
 
-    /// Which slots are handed out, touched only on the server thread.
-    private final class SlotTable: @unchecked Sendable {
-        var inUse: [Bool]
-        var generations: [UInt64]
-        init(count: Int) {
-            inUse = Array(repeating: false, count: count)
-            generations = Array(repeating: 0, count: count)
-        }
-    }
-
     private static func handler(
-        key: String, slots: [Segment], header: Segment, capacity: Int, id: SegmentID, refusesGating: Bool
+        key: String, slots: SlotBoard, header: Segment, capacity: Int, id: SegmentID, refusesGating: Bool
     ) -> RendezvousServer.Handler {
-        let table = SlotTable(count: slots.count)
-        let pages = slots.map { UInt(bitPattern: $0.baseAddress!) }
-        let slotDescriptors = slots.map(\.descriptor.rawValue)
         let headerDescriptor = header.descriptor.rawValue
         let mappedSize = UInt64(header.mappedSize)
         let pid = getpid()
@@ -644,23 +753,25 @@ public final class RingProducer {
             reply.layoutVersion = RingLayout.version
             reply.flags = [.creatorOnlyWriters, .readOnlyDescriptor]
             var response = RendezvousServer.Response(reply: reply)
+            func fail(_ error: SystemCallError) -> RendezvousServer.Response {
+                response.reply.status = .serverError
+                response.reply.errno = error.errno.rawValue
+                return response
+            }
             switch request.kind {
             case .observe:
-                // Read-only descriptors of the header and of every slot page (for `shmring stat`).
+                // Read-only descriptors of the header and of every slot's current page (for
+                // `shmring stat`).
                 var descriptors: [FileDescriptor] = []
                 do throws(SystemCallError) {
                     descriptors.append(try FileDescriptor(rawValue: headerDescriptor).reopen(.readOnly))
-                    for slot in slotDescriptors {
-                        descriptors.append(try FileDescriptor(rawValue: slot).reopen(.readOnly))
-                    }
+                    for slot in slots.descriptors { descriptors.append(try slot.reopen(.readOnly)) }
                 } catch {
                     for descriptor in descriptors { descriptor.closeIgnoringErrors() }
-                    response.reply.status = .serverError
-                    response.reply.errno = error.errno.rawValue
-                    return response
+                    return fail(error)
                 }
                 response.temporaryDescriptors = descriptors
-                response.reply.roles = [.data] + Array(repeating: .consumerSlot, count: slotDescriptors.count)
+                response.reply.roles = [.data] + Array(repeating: .consumerSlot, count: slots.count)
                 return response
             case .attachSegment:
                 response.reply.status = .wrongKind
@@ -668,45 +779,40 @@ public final class RingProducer {
             case .attachRingConsumer:
                 break
             }
-            if request.flags.contains(.gating) && refusesGating {
+            let policy: ConsumerPolicy = request.flags.contains(.gating) ? .gating : .lossy
+            if policy == .gating && refusesGating {
                 response.reply.status = .gatingRefused
-                return response
-            }
-            guard let slot = table.inUse.firstIndex(of: false) else {
-                response.reply.status = .noFreeSlot
                 return response
             }
             let readOnlyHeader: FileDescriptor
             do throws(SystemCallError) {
                 readOnlyHeader = try FileDescriptor(rawValue: headerDescriptor).reopen(.readOnly)
             } catch {
+                return fail(error)
+            }
+            let handed: (slot: Int, generation: UInt64, page: FileDescriptor)?
+            do throws(RingError) {
+                handed = try slots.handOut(policy: policy)
+            } catch {
+                readOnlyHeader.closeIgnoringErrors()
                 response.reply.status = .serverError
-                response.reply.errno = error.errno.rawValue
+                response.reply.errno = error.errno?.rawValue ?? 0
                 return response
             }
-            let generation = table.generations[slot] &+ 1
-            table.generations[slot] = generation
-            table.inUse[slot] = true
-            let generationAddress = pages[slot] + UInt(RingLayout.Slot.generation)
-            let generationWord = UnsafeMutablePointer<UInt64>(bitPattern: generationAddress)!
-            // Release: the slot's new generation is visible before the reply that names it (the
-            // consumer reads it only after receiving the reply). Partner: the producer's acquire
-            // load in gatingMinimum.
-            CShmAtomics_u64_store_release(generationWord, generation)
-            response.reply.slot = UInt32(slot)
-            response.reply.generation = UInt32(truncatingIfNeeded: generation)
-            response.descriptors = [FileDescriptor(rawValue: slotDescriptors[slot])]
+            guard let handed else {
+                readOnlyHeader.closeIgnoringErrors()
+                response.reply.status = .noFreeSlot
+                return response
+            }
+            response.reply.slot = UInt32(handed.slot)
+            response.reply.generation = UInt32(truncatingIfNeeded: handed.generation)
+            response.descriptors = [handed.page]
             response.temporaryDescriptors = [readOnlyHeader]
             response.reply.roles = [.consumerSlot, .data]
             response.keepOpen = true
-            response.onClose = {
-                // The consumer detached or died: a new generation, so its `active` no longer
-                // matches and the producer stops gating on it; the slot can be handed out again.
-                let next = table.generations[slot] &+ 1
-                table.generations[slot] = next
-                CShmAtomics_u64_store_release(UnsafeMutablePointer<UInt64>(bitPattern: generationAddress)!, next)
-                table.inUse[slot] = false
-            }
+            // The consumer detached or died: the producer stops looking at its slot at once, and
+            // the slot is free for the next joiner (who gets a fresh page).
+            response.onClose = { slots.reclaim(handed.slot) }
             return response
         }
     }

@@ -39,6 +39,16 @@ public struct RingError: Error, Equatable, Sendable, CustomStringConvertible {
         case corrupted
         /// The producer or consumer was closed.
         case closed
+        /// A consumer with a lag limit fell too far behind and is lossy from now on (reported once,
+        /// by the first poll after the producer demoted it; the next poll goes on, lossy).
+        case demoted
+        /// A lossy consumer was lapped on every attempt of one poll: the producer overwrites
+        /// faster than it reads. It has resumed at the oldest intact record; polling again goes
+        /// on from there. The missed messages are counted (`lappedMessages`).
+        case cannotKeepUp
+        /// The producer evicted this consumer: its control page held a value that cannot be right
+        /// (a cursor outside the ring's window). Permanent; attach again.
+        case evicted
         /// Anything else (a protocol violation, an unexpected errno).
         case unknown
     }
@@ -131,10 +141,27 @@ public enum RingStartPosition: Equatable, Sendable {
     case oldest
 }
 
-/// How a consumer treats the producer (the next issue adds `.lossy`).
+/// How a consumer treats the producer (docs/ring.md, "Policies").
 public enum ConsumerPolicy: UInt32, Equatable, Sendable {
     /// The producer never overwrites what this consumer has not read: it waits (back-pressure).
     case gating = 1
+    /// The producer never waits for this consumer; when it is lapped, it learns exactly how many
+    /// messages it missed and resumes at the oldest intact record.
+    case lossy = 2
+}
+
+/// When a gating consumer stops gating: beyond `bytes` of lag, or once it has held the producer
+/// back for `time`. The producer then demotes it to lossy, and its next poll throws `.demoted`.
+public struct LagLimit: Equatable, Sendable {
+    /// Demote once the consumer is more than this many bytes behind the producer (1 ... capacity).
+    public var bytes: Int?
+    /// Demote once the consumer has kept the producer back-pressured this long without a break.
+    public var time: Duration?
+
+    public init(bytes: Int? = nil, time: Duration? = nil) {
+        self.bytes = bytes
+        self.time = time
+    }
 }
 
 /// Facts about one message handed to a poll handler.
@@ -145,12 +172,18 @@ public struct RingRecordInfo: Equatable, Sendable {
     public var position: UInt64
     /// The producer's type tag.
     public var type: UInt32
+    /// Messages this consumer missed right before this one (it was lapped); 0 without a gap.
+    public var missedMessages: UInt64
+    /// Ring bytes (records with their headers and padding) it missed right before this one.
+    public var missedBytes: UInt64
 
     @inlinable
-    public init(sequence: UInt64, position: UInt64, type: UInt32) {
+    public init(sequence: UInt64, position: UInt64, type: UInt32, missedMessages: UInt64 = 0, missedBytes: UInt64 = 0) {
         self.sequence = sequence
         self.position = position
         self.type = type
+        self.missedMessages = missedMessages
+        self.missedBytes = missedBytes
     }
 }
 

@@ -42,6 +42,12 @@ struct RingView {
         (header + offset).assumingMemoryBound(to: UInt32.self)
     }
 
+    /// A 32-bit field of the record header at `record`.
+    @inlinable @inline(__always)
+    func recordWord32(_ record: UnsafeMutableRawPointer, _ offset: Int) -> UnsafeMutablePointer<UInt32> {
+        (record + offset).assumingMemoryBound(to: UInt32.self)
+    }
+
     /// The commit word a record (or padding, with `padding`) with `sequence` carries.
     @inlinable @inline(__always)
     func commitWord(sequence: UInt64, padding: Bool) -> UInt64 {

@@ -54,14 +54,20 @@ package final class Segment {
     /// How this process mapped it.
     package let access: Access
     private var base: UnsafeMutableRawPointer?
+    /// False for a mapping placed over a caller's reserved range (`create(at:)`): the range is the
+    /// caller's, and the next segment placed there replaces this one's pages.
+    private let unmapsOnClose: Bool
 
-    private init(descriptor: FileDescriptor, size: Int, mappedSize: Int, access: Access, base: UnsafeMutableRawPointer)
-    {
+    private init(
+        descriptor: FileDescriptor, size: Int, mappedSize: Int, access: Access, base: UnsafeMutableRawPointer,
+        unmapsOnClose: Bool = true
+    ) {
         self.descriptor = descriptor
         self.size = size
         self.mappedSize = mappedSize
         self.access = access
         self.base = base
+        self.unmapsOnClose = unmapsOnClose
     }
 
     deinit { close() }
@@ -84,9 +90,13 @@ package final class Segment {
     ///   - size: bytes, 1 ... `maximumSize`.
     ///   - seals: seals to add besides grow, shrink and seal.
     ///   - access: how the creator maps it.
+    ///   - fixedAddress: map it here (`MAP_FIXED`), replacing whatever the caller had mapped in
+    ///     that page-aligned range, which the caller owns: `close()` then leaves the pages mapped
+    ///     (the next segment created at the address replaces them atomically for every thread).
     /// - Throws: `SegmentError`.
     package static func create(
-        name: String, size: Int, seals: Seals = [], access: Access = .readWrite
+        name: String, size: Int, seals: Seals = [], access: Access = .readWrite,
+        at fixedAddress: UnsafeMutableRawPointer? = nil
     ) throws(SegmentError) -> Segment {
         guard size > 0, size <= maximumSize else { throw .invalidSize(size, maximum: maximumSize) }
         let mappedSize = roundUpToPage(size)
@@ -114,7 +124,7 @@ package final class Segment {
         var segment: Segment?
         do throws(SystemCallError) {
             _ = try systemCall("fallocate") { CShmLinux_fallocate(fd, 0, off_t(mappedSize)) }
-            segment = try map(descriptor: descriptor, size: size, access: access)
+            segment = try map(descriptor: descriptor, size: size, access: access, at: fixedAddress)
             // The caller's seals with grow and shrink, then F_SEAL_SEAL on its own, last.
             let first = seals.union([.grow, .shrink]).subtracting(.seal)
             _ = try systemCall("fcntl(F_ADD_SEALS)") { CShmLinux_add_seals(fd, first.rawValue) }
@@ -173,7 +183,7 @@ package final class Segment {
     }
 
     private static func map(
-        descriptor: FileDescriptor, size: Int, access: Access
+        descriptor: FileDescriptor, size: Int, access: Access, at fixedAddress: UnsafeMutableRawPointer? = nil
     ) throws(SystemCallError) -> Segment {
         let mappedSize = roundUpToPage(size)
         // A read-only mapping goes through a read-only descriptor: then the mapping lacks
@@ -184,11 +194,14 @@ package final class Segment {
         }
         defer { if mapThrough != descriptor { mapThrough.closeIgnoringErrors() } }
         let protection = access == .readOnly ? PROT_READ : PROT_READ | PROT_WRITE
-        let address = mmap(nil, mappedSize, protection, MAP_SHARED | MAP_POPULATE, mapThrough.rawValue, 0)
+        let flags = MAP_SHARED | MAP_POPULATE | (fixedAddress == nil ? 0 : MAP_FIXED)
+        let address = mmap(fixedAddress, mappedSize, protection, flags, mapThrough.rawValue, 0)
         guard let address, address != MAP_FAILED else {
             throw SystemCallError("mmap", Errno(rawValue: errno))
         }
-        return Segment(descriptor: descriptor, size: size, mappedSize: mappedSize, access: access, base: address)
+        return Segment(
+            descriptor: descriptor, size: size, mappedSize: mappedSize, access: access, base: address,
+            unmapsOnClose: fixedAddress == nil)
     }
 
     /// The first byte of the mapping, or nil after `close()`.
@@ -218,7 +231,7 @@ package final class Segment {
     /// Unmaps and closes. Idempotent; after it, `baseAddress` and `bytes` are nil.
     package func close() {
         guard let base else { return }
-        munmap(base, mappedSize)
+        if unmapsOnClose { munmap(base, mappedSize) }
         self.base = nil
         descriptor.closeIgnoringErrors()
     }

@@ -1,0 +1,273 @@
+import CShmAtomics
+import Testing
+
+@testable import ShmRing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Lossy consumers, lag demotion, eviction and hostile memory, in one process (deterministic:
+/// the producer runs only when the test tells it to). Across processes: RingLossyAcrossProcessesTests.
+@Suite struct RingLossyTests {
+    /// A 4096-byte ring of 64-byte records (48-byte payloads): 64 records per lap, 4 per sixteenth.
+    static let payload = 48
+    static let recordsPerLap: UInt64 = 64
+
+    func message(_ index: UInt64) -> [UInt8] {
+        withUnsafeBytes(of: index.littleEndian) { Array($0) }
+            + [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: Self.payload - 8)
+    }
+
+    func index(of bytes: RawSpan) -> UInt64 {
+        bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+    }
+
+    /// Polls everything, checking each message against its sequence; returns (delivered, first
+    /// info).
+    func pollChecked(_ consumer: RingConsumer) throws -> (count: UInt64, first: RingRecordInfo?) {
+        var count: UInt64 = 0
+        var first: RingRecordInfo?
+        try consumer.poll { bytes, info in
+            if first == nil { first = info }
+            #expect(index(of: bytes) == info.sequence)
+            #expect(bytes.withUnsafeBytes { Array($0) } == message(info.sequence))
+            count += 1
+            return .continue
+        }
+        return (count, first)
+    }
+
+    @Test func aLappedLossyConsumerLearnsExactlyWhatItMissedAndResumesAtTheOldestIntactRecord() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let consumer = try RingConsumer(key: key, policy: .lossy)
+        let published: UInt64 = 1000
+        for index in 0..<published { #expect(try producer.publish(message(index)) == .published) }
+        let (delivered, first) = try pollChecked(consumer)
+        // The producer is idle: the last lap (64 records) is intact, and the boundary index has
+        // an entry at its start (sixteenths are 256 bytes, records 64).
+        #expect(delivered == Self.recordsPerLap)
+        #expect(first?.sequence == published - Self.recordsPerLap)
+        #expect(first?.missedMessages == published - Self.recordsPerLap)
+        #expect(first?.missedBytes == (published - Self.recordsPerLap) * 64)
+        #expect(consumer.lappedMessages + consumer.delivered == published)
+        #expect(consumer.lappedBytes == (published - Self.recordsPerLap) * 64)
+        // Nothing more, and the next message arrives without a gap.
+        #expect(try pollChecked(consumer).count == 0)
+        try producer.publish(message(published))
+        let next = try pollChecked(consumer)
+        #expect(next.count == 1 && next.first?.missedMessages == 0)
+    }
+
+    @Test func gatingAndLossyConsumersOnOneRing() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let gating = try RingConsumer(key: key)
+        let lossy = try RingConsumer(key: key, policy: .lossy)
+        var published: UInt64 = 0
+        // The gating consumer holds the producer back after one lap; the lossy one never does.
+        while try producer.publish(message(published)) == .published { published += 1 }
+        #expect(published == Self.recordsPerLap)
+        #expect(try pollChecked(lossy).count == published)
+        #expect(try pollChecked(gating).count == published)
+        for _ in 0..<10 {
+            var round: UInt64 = 0
+            while try producer.publish(message(published)) == .published {
+                published += 1
+                round += 1
+            }
+            #expect(round > 0)
+            #expect(try pollChecked(gating).count == round)
+        }
+        // The lossy consumer was lapped, never gated: exact accounting.
+        _ = try pollChecked(lossy)
+        #expect(lossy.delivered + lossy.lappedMessages == published)
+        #expect(gating.delivered == published && gating.lappedMessages == 0)
+    }
+
+    @Test func aLossyConsumerOverwrittenWhileItsHandlerReadsInPlaceIsToldToDiscard() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let consumer = try RingConsumer(key: key, policy: .lossy)
+        var published: UInt64 = 0
+        for _ in 0..<10 {
+            try producer.publish(message(published))
+            published += 1
+        }
+        // The handler of the first message lets the producer run two laps: that message was
+        // overwritten while the handler read it, and the nine after it are gone before they are
+        // reached.
+        var handed = 0
+        let result = try consumer.pollInPlace { _, _ in
+            if handed == 0 {
+                for _ in 0..<(2 * Self.recordsPerLap) {
+                    _ = try? producer.publish(message(published))
+                    published += 1
+                }
+            }
+            handed += 1
+            return .continue
+        }
+        #expect(result == InPlacePollResult(handled: 1, torn: 1))
+        #expect(consumer.delivered == 0)
+        // The next poll resumes at the oldest intact record the boundary index knows (within a
+        // sixteenth of the ring, 4 records, of the oldest intact one); the accounting is exact.
+        let rest = try pollChecked(consumer)
+        #expect(rest.count >= Self.recordsPerLap - 4 && rest.count <= Self.recordsPerLap)
+        #expect(consumer.delivered + consumer.lappedMessages == published)
+        // Nothing torn without a lap.
+        try producer.publish(message(published))
+        published += 1
+        let quiet = try consumer.pollInPlace { bytes, info in
+            #expect(index(of: bytes) == info.sequence)
+            return .continue
+        }
+        #expect(quiet == InPlacePollResult(handled: 1, torn: 0))
+    }
+
+    @Test func aConsumerLappedOnEveryAttemptCannotKeepUpAndNeverHangs() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let consumer = try RingConsumer(key: key, policy: .lossy)
+        for index in 0..<10 { try producer.publish(message(UInt64(index))) }
+        // A producer whose tail intent runs a lap ahead of everything it commits (a hostile or
+        // broken one): every attempt finds its position overwritten.
+        let intent = producer.view.word(RingLayout.Producer.tailIntent)
+        CShmAtomics_u64_store_release(intent, CShmAtomics_u64_load_relaxed(intent) &+ 3 * 4096)
+        expectRingError(.cannotKeepUp) { _ = try pollChecked(consumer) }
+        #expect(consumer.lappedMessages == 10)
+        // It resumed at the producer's tail and goes on from there.
+        expectRingError(.cannotKeepUp) { _ = try pollChecked(consumer) }
+        CShmAtomics_u64_store_release(intent, CShmAtomics_u64_load_relaxed(intent) &- 3 * 4096)
+        try producer.publish(message(10))
+        #expect(try pollChecked(consumer).count == 1)
+    }
+
+    @Test func aByteLagLimitDemotesAGatingConsumerAndItIsTold() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let consumer = try RingConsumer(key: key, lagLimit: LagLimit(bytes: 1024))
+        // Beyond 1024 bytes of lag the producer stops waiting for it: it never back-pressures.
+        var published: UInt64 = 0
+        for _ in 0..<500 {
+            #expect(try producer.publish(message(published)) == .published)
+            published += 1
+        }
+        let observer = try RingObserver(key: key)
+        #expect(observer.snapshot().demotions == 1)
+        #expect(observer.snapshot().consumers.first?.demoted == true)
+        // Told once, by the next poll; then it reads on, lossy, with exact accounting.
+        expectRingError(.demoted) { _ = try pollChecked(consumer) }
+        #expect(consumer.isDemoted)
+        _ = try pollChecked(consumer)
+        #expect(consumer.delivered + consumer.lappedMessages == published)
+        #expect(consumer.lappedMessages > 0)
+    }
+
+    @Test func aTimeLagLimitDemotesAConsumerThatHoldsTheProducerBackTooLong() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let consumer = try RingConsumer(key: key, lagLimit: LagLimit(time: .milliseconds(20)))
+        var published: UInt64 = 0
+        while try producer.publish(message(published)) == .published { published += 1 }
+        #expect(published == Self.recordsPerLap)
+        // Held back: still back-pressured until the limit has passed since the first refusal.
+        usleep(30_000)
+        #expect(try producer.publish(message(published)) == .published)
+        published += 1
+        expectRingError(.demoted) { _ = try pollChecked(consumer) }
+        _ = try pollChecked(consumer)
+        #expect(consumer.delivered + consumer.lappedMessages == published)
+        // Without a limit, the same consumer would hold the producer for ever.
+        let other = try RingConsumer(key: key)
+        while try producer.publish(message(published)) == .published { published += 1 }
+        usleep(30_000)
+        #expect(try producer.publish(message(published)) == .backPressured)
+        _ = other
+    }
+
+    @Test func lagLimitsAreChecked() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        expectRingError(.invalidConfiguration) {
+            _ = try RingConsumer(key: key, policy: .lossy, lagLimit: LagLimit(bytes: 10))
+        }
+        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, lagLimit: LagLimit()) }
+        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, lagLimit: LagLimit(bytes: 0)) }
+        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, lagLimit: LagLimit(bytes: 8192)) }
+        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, lagLimit: LagLimit(time: .zero)) }
+        _ = producer
+    }
+
+    @Test func aConsumerWhoseCursorCannotBeRightIsEvictedAndTheProducerGoesOn() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let hostile = try RingConsumer(key: key)
+        let honest = try RingConsumer(key: key)
+        // The hostile consumer claims to have read far ahead of the producer.
+        CShmAtomics_u64_store_release(hostile.slotWord(RingLayout.Slot.cursor), 1 << 40)
+        var published: UInt64 = 0
+        while try producer.publish(message(published)) == .published { published += 1 }
+        // Only the honest consumer holds the producer back now.
+        #expect(published == Self.recordsPerLap)
+        #expect(try RingObserver(key: key).snapshot().evictions == 1)
+        expectRingError(.evicted) { _ = try pollChecked(hostile) }
+        expectRingError(.evicted) { _ = try pollChecked(hostile) }
+        #expect(try pollChecked(honest).count == published)
+        #expect(producer.activeConsumerCount == 1)
+    }
+
+    @Test func aFormerHolderOfASlotCannotTouchTheNextHolder() throws {
+        let key = uniqueKey()
+        var configuration = RingConfiguration(capacity: 4096)
+        configuration.maxConsumers = 1
+        let producer = try RingProducer(key: key, configuration: configuration)
+        let former = try RingConsumer(key: key)
+        let page = former.slot
+        former.detach()
+        // The rendezvous connection is closed; wait until the producer has reclaimed the slot.
+        var next: RingConsumer?
+        for _ in 0..<500 where next == nil {
+            next = try? RingConsumer(key: key)
+            if next == nil { usleep(2_000) }
+        }
+        let holder = try #require(next)
+        #expect(holder.slotIndex == former.slotIndex)
+        // The former holder writes its old page (still mapped in its process): cursor far
+        // ahead, and `active` set to what the new holder uses.
+        let newActive = CShmAtomics_u64_load_relaxed(holder.slotWord(RingLayout.Slot.active))
+        (page + RingLayout.Slot.cursor).storeBytes(of: UInt64(1) << 40, as: UInt64.self)
+        (page + RingLayout.Slot.active).storeBytes(of: newActive, as: UInt64.self)
+        (page + RingLayout.Slot.joined).storeBytes(of: newActive, as: UInt64.self)
+        // The producer reads the new holder's own page: no eviction, and it still gates.
+        var published: UInt64 = 0
+        while try producer.publish(message(published)) == .published { published += 1 }
+        #expect(published == Self.recordsPerLap)
+        #expect(try RingObserver(key: key).snapshot().evictions == 0)
+        #expect(try pollChecked(holder).count == published)
+    }
+
+    @Test func aCommittedRecordWithALengthThatCannotBeRightIsCorruptedForBothPolicies() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let gating = try RingConsumer(key: key)
+        let lossy = try RingConsumer(key: key, policy: .lossy)
+        try producer.publish(message(0))
+        try producer.publish(message(1))
+        // The second record (at 64) claims more bytes than the ring allows.
+        (producer.view.data + 64 + RingLayout.Record.length).storeBytes(of: UInt32.max, as: UInt32.self)
+        for consumer in [gating, lossy] {
+            var delivered = 0
+            expectRingError(.corrupted) {
+                try consumer.poll { _, _ in
+                    delivered += 1
+                    return .continue
+                }
+                // A lossy poll hands out the intact record before it; the next poll reports.
+                try consumer.poll { _, _ in .continue }
+            }
+            #expect(delivered == 1)
+        }
+    }
+}
