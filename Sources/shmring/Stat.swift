@@ -63,15 +63,16 @@ struct Stat: ParsableCommand {
             \(s.refusesGating ? ", refuses gating consumers" : "")
               producer pid \(s.producerPID): position \(s.position), next sequence \(s.nextSequence), \
             published \(s.published) messages (\(s.publishedBytes) bytes), back-pressure events \(s.backPressureEvents)
-              consumers: \(s.consumers.count)
+              demotions \(s.demotions), evictions \(s.evictions); consumers: \(s.consumers.count)
 
             """
         if !s.consumers.isEmpty {
-            text += "  slot  pid       policy   position              lag        delivered\n"
+            text += "  slot  pid       policy   position              lag        delivered    lapped (bytes)\n"
             for c in s.consumers {
+                let flags = (c.demoted ? "  demoted" : "") + (c.evicted ? "  evicted" : "")
                 text +=
                     "  \(pad(c.slot, 4))  \(pad(c.pid, 8))  \(c.policy.padding(7))  \(pad(c.position, 20))  "
-                    + "\(pad(c.lag, 9))  \(c.delivered)\n"
+                    + "\(pad(c.lag, 9))  \(pad(c.delivered, 11))  \(c.lappedMessages) (\(c.lappedBytes))\(flags)\n"
             }
         }
         return text
@@ -80,14 +81,17 @@ struct Stat: ParsableCommand {
     func renderJSON(_ s: RingSnapshot) -> String {
         let consumers = s.consumers.map { c in
             "{\"slot\": \(c.slot), \"pid\": \(c.pid), \"policy\": \(jsonString(c.policy)), \"position\": \(c.position), "
-                + "\"lag\": \(c.lag), \"delivered\": \(c.delivered), \"delivered_bytes\": \(c.deliveredBytes)}"
+                + "\"lag\": \(c.lag), \"delivered\": \(c.delivered), \"delivered_bytes\": \(c.deliveredBytes), "
+                + "\"lapped_messages\": \(c.lappedMessages), \"lapped_bytes\": \(c.lappedBytes), "
+                + "\"demoted\": \(c.demoted), \"evicted\": \(c.evicted)}"
         }
         return "{\"key\": \(jsonString(s.key)), \"segment_id\": \(jsonString(s.segmentID.description)), "
             + "\"layout_version\": \(s.layoutVersion), \"capacity\": \(s.capacity), \"alignment\": \(s.alignment), "
             + "\"max_message_length\": \(s.maxMessageLength), \"refuses_gating\": \(s.refusesGating), "
             + "\"producer\": {\"pid\": \(s.producerPID), \"position\": \(s.position), \"next_sequence\": \(s.nextSequence), "
             + "\"published\": \(s.published), \"published_bytes\": \(s.publishedBytes), "
-            + "\"back_pressure_events\": \(s.backPressureEvents), \"limit\": \(s.limit)}, "
+            + "\"back_pressure_events\": \(s.backPressureEvents), \"demotions\": \(s.demotions), "
+            + "\"evictions\": \(s.evictions), \"limit\": \(s.limit)}, "
             + "\"consumers\": [\(consumers.joined(separator: ", "))]}\n"
     }
 

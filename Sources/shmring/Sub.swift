@@ -12,8 +12,11 @@ struct Sub: ParsableCommand {
         abstract: "Attach to the ring under KEY and read its messages.",
         discussion: """
             Ends after --count messages, at the end of the stream, when the producer goes away, or \
-            on SIGINT/SIGTERM, with a one-line summary on standard error. With --verify, any \
-            corrupted message (and any gap, for a gating consumer) makes the exit status 1.
+            on SIGINT/SIGTERM, with a one-line summary on standard error. A lossy consumer (or a \
+            gating one demoted by its --lag-limit) reports every lap on standard error (how many \
+            messages and ring bytes it missed, where it resumed) and goes on; laps are not \
+            failures. With --verify, any corrupted message, and any gap that is not a reported \
+            lap, makes the exit status 1.
             """)
 
     enum Policy: String, ExpressibleByArgument, CaseIterable { case gating, lossy }
@@ -23,8 +26,15 @@ struct Sub: ParsableCommand {
     @Argument(help: "The ring's key.")
     var key: String
 
-    @Option(help: "gating (hold the producer back) or lossy (arrives with lossy consumers).")
+    @Option(help: "gating (hold the producer back) or lossy (never slow it; report what is missed).")
     var policy: Policy = .gating
+
+    @Option(
+        name: .customLong("lag-limit"),
+        help: ArgumentHelp(
+            "Gating only: be demoted to lossy beyond this lag: bytes (64KiB) or a time holding the producer back (10ms).",
+            valueName: "size|time"))
+    var lagLimit: String?
 
     @Option(help: "Start at the newest message or the oldest still available.")
     var from: From = .newest
@@ -52,15 +62,34 @@ struct Sub: ParsableCommand {
         if strategy == .block {
             throw ValidationError("--idle block arrives with the wake-up path; use spin, yield or backoff")
         }
-        if policy == .lossy {
-            throw ValidationError("--policy lossy arrives with lossy consumers (\"The ring 2/2\"); use gating")
+        if let lagLimit {
+            guard policy == .gating else {
+                throw ValidationError("--lag-limit is for gating consumers, not lossy ones")
+            }
+            _ = try Self.parseLagLimit(lagLimit)
         }
+    }
+
+    /// `10ms`, `2s`, `500us`, `100ns` (a time), or a size such as `64KiB` or `4096` (bytes).
+    static func parseLagLimit(_ text: String) throws -> LagLimit {
+        for (suffix, unit) in [("ms", 1_000_000.0), ("us", 1_000.0), ("ns", 1.0), ("s", 1_000_000_000.0)]
+        where text.hasSuffix(suffix) {
+            guard let value = Double(text.dropLast(suffix.count)), value.isFinite, value > 0, value * unit <= 3.6e12
+            else { throw ValidationError("--lag-limit \(text): expected a positive time up to an hour, such as 10ms") }
+            return LagLimit(time: .nanoseconds(Int64(max(1, value * unit))))
+        }
+        guard let size = ByteSize(argument: text), size.bytes > 0 else {
+            throw ValidationError("--lag-limit \(text): expected a size (64KiB) or a time (10ms)")
+        }
+        return LagLimit(bytes: size.bytes)
     }
 
     func run() throws {
         CShmLinux_install_stop_signals()
         let strategy = IdleStrategy(rawValue: idle)!
-        let consumer = try RingConsumer(key: key, from: from == .oldest ? .oldest : .newest, namespace: namespace(dir))
+        let consumer = try RingConsumer(
+            key: key, from: from == .oldest ? .oldest : .newest, policy: policy == .lossy ? .lossy : .gating,
+            lagLimit: try lagLimit.map(Self.parseLagLimit), namespace: namespace(dir))
         var output = OutputBuffer()
         var state = Reading(verify: verify, format: format)
         var rounds = 0
@@ -71,9 +100,7 @@ struct Sub: ParsableCommand {
                 ending = "signal \(CShmLinux_stop_signal())"
                 break
             }
-            let got = try consumer.poll(limit: wanted - state.messages) { bytes, info in
-                state.take(bytes, info, into: &output)
-            }
+            let got = try poll(consumer, limit: wanted - state.messages, &state, &output)
             output.flush()
             if state.ended {
                 ending = "end of stream"
@@ -87,9 +114,7 @@ struct Sub: ParsableCommand {
             // About every millisecond of idleness (or every 256 rounds of a spinning wait): is the
             // producer still there? Then drain what it committed before going.
             if rounds % 256 == 255 && !consumer.isProducerAlive {
-                _ = try consumer.poll(limit: wanted - state.messages) { bytes, info in
-                    state.take(bytes, info, into: &output)
-                }
+                _ = try poll(consumer, limit: wanted - state.messages, &state, &output)
                 output.flush()
                 ending = state.ended ? "end of stream" : "producer gone"
                 break
@@ -98,10 +123,39 @@ struct Sub: ParsableCommand {
         consumer.detach()
         printError(
             "shmring sub: \(key): \(state.messages) messages, \(state.bytes) bytes, \(state.gaps) gaps, "
-                + "0 lapped messages (0 bytes)" + (verify ? ", \(state.corrupted) corrupted" : "")
+                + "\(consumer.lappedMessages) lapped messages (\(consumer.lappedBytes) bytes) in \(state.laps) laps"
+                + (consumer.isDemoted ? ", demoted to lossy" : "") + (verify ? ", \(state.corrupted) corrupted" : "")
                 + "; ended by \(ending)")
         if verify && (state.corrupted > 0 || state.gaps > 0) {
             throw ExitCode(1)
+        }
+    }
+}
+
+/// One poll; a lap, a demotion or "cannot keep up" is reported on standard error, and reading
+/// goes on.
+private func poll(_ consumer: RingConsumer, limit: Int, _ state: inout Reading, _ output: inout OutputBuffer)
+    throws(RingError) -> Int
+{
+    do throws(RingError) {
+        return try consumer.poll(limit: limit) { bytes, info in
+            if info.missedMessages > 0 {
+                state.laps += 1
+                output.flush()
+                printError(
+                    "shmring sub: \(consumer.key): lapped: missed \(info.missedMessages) messages "
+                        + "(\(info.missedBytes) ring bytes); resumed at sequence \(info.sequence)")
+            }
+            return state.take(bytes, info, into: &output)
+        }
+    } catch {
+        switch error.code {
+        case .demoted, .cannotKeepUp:
+            output.flush()
+            printError("shmring sub: \(error.description)")
+            return 0
+        default:
+            throw error
         }
     }
 }
@@ -114,6 +168,8 @@ struct Reading {
     var bytes = 0
     var gaps = 0
     var corrupted = 0
+    /// Laps reported (each one a resumption after missed messages).
+    var laps = 0
     var ended = false
     private var expected: UInt64?
     private var expectedGenerated: UInt64?
@@ -128,7 +184,8 @@ struct Reading {
             ended = true
             return .stop
         }
-        if let expected, info.sequence != expected { gaps += 1 }
+        // A gap is a jump in the ring's sequence numbers that no lap accounts for.
+        if let expected, (info.sequence &- expected) & ((1 << 63) - 1) != info.missedMessages { gaps += 1 }
         expected = (info.sequence &+ 1) & ((1 << 63) - 1)
         messages += 1
         bytes += span.byteCount
@@ -139,7 +196,9 @@ struct Reading {
                 generated = (sequence, monotonicNanoseconds() &- timestamp)
                 // Out of order against the publisher's own numbering: corrupted (ring gaps are
                 // counted from the ring's sequence numbers above).
-                if verify, let expectedGenerated, sequence != expectedGenerated { corrupted += 1 }
+                if verify, let expectedGenerated, sequence != expectedGenerated &+ info.missedMessages {
+                    corrupted += 1
+                }
                 expectedGenerated = sequence &+ 1
             } else if verify {
                 corrupted += 1

@@ -87,9 +87,11 @@ extension MultiProcess {
             #expect(consumers.count == 1)
             #expect(consumers.first?["pid"] as? Int == Int(reader.pid))
             #expect(consumers.first?["policy"] as? String == "gating")
-            for field in ["slot", "position", "lag", "delivered"] {
+            for field in ["slot", "position", "lag", "delivered", "lapped_messages", "lapped_bytes"] {
                 #expect(consumers.first?[field] is Int, "\(field)")
             }
+            #expect(consumers.first?["demoted"] as? Bool == false && consumers.first?["evicted"] as? Bool == false)
+            #expect(producer["demotions"] as? Int == 0 && producer["evictions"] as? Int == 0)
             let (status, text, _) = try run(["stat", key])
             #expect(status == .exited(0) && text.contains("ring \(key)") && text.contains("gating"))
             // SIGINT ends the stream cleanly: the subscriber sees the end of the stream.
@@ -97,6 +99,60 @@ extension MultiProcess {
             #expect(publisher.wait(timeout: .seconds(60)) == .exited(0))
             #expect(reader.wait(timeout: .seconds(60)) == .exited(0))
             #expect(reader.standardError.contains("ended by end of stream"), "\(reader.standardError)")
+        }
+
+        /// A lossy subscriber that is paused while the publisher runs far ahead: every lap is
+        /// reported on stderr, delivered + lapped = published, status 0. A gating subscriber with
+        /// a lag limit, paused, is demoted, says so, and ends the same way.
+        @Test func lossyAndLagLimitedSubscribersReportTheirLaps() throws {
+            let key = uniqueKey()
+            let count = 200_000
+            let publisher = try shmring([
+                "pub", key, "--count", "\(count)", "--capacity", "64KiB", "--wait-consumers", "2", "--linger", "60",
+            ])
+            #expect(waitFor(publisher, stderrContains: "serving \(key)"))
+            let lossy = try shmring([
+                "sub", key, "--policy", "lossy", "--verify", "--format", "none", "--idle", "yield",
+            ])
+            let limited = try shmring(["sub", key, "--lag-limit", "16KiB", "--verify", "--format", "none"])
+            // Paused once both are attached (stat lists them), until the publisher is done (stat
+            // shows everything published; bounded waits).
+            func waitForStat(_ done: ([String: Any]) -> Bool) throws {
+                let deadline = ContinuousClock.now + .seconds(60)
+                while ContinuousClock.now < deadline {
+                    let (_, output, _) = try run(["stat", key, "--json"])
+                    if let document = try? JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any],
+                        done(document)
+                    {
+                        return
+                    }
+                    usleep(5000)
+                }
+                Issue.record("stat never showed what the test waited for")
+            }
+            try waitForStat { ($0["consumers"] as? [Any])?.count == 2 }
+            lossy.signal(SIGSTOP)
+            limited.signal(SIGSTOP)
+            // The data messages and the end-of-stream record.
+            try waitForStat { (($0["producer"] as? [String: Any])?["published"] as? Int) == count + 1 }
+            lossy.signal(SIGCONT)
+            limited.signal(SIGCONT)
+            for (reader, demoted) in [(lossy, false), (limited, true)] {
+                #expect(reader.wait(timeout: .seconds(120)) == .exited(0), "\(reader.standardError)")
+                let lines = reader.standardError.split(separator: "\n").map(String.init)
+                let summary = try #require(lines.last)
+                #expect(lines.contains { $0.contains("lapped: missed") }, "\(reader.standardError)")
+                #expect(lines.contains { $0.contains("demoted it to lossy") } == demoted, "\(reader.standardError)")
+                #expect(
+                    summary.contains(" 0 gaps") && summary.contains("0 corrupted; ended by end of stream"), "\(summary)"
+                )
+                // "N messages, B bytes, 0 gaps, L lapped messages": N + L = published.
+                let numbers = summary.split(separator: " ").compactMap {
+                    Int($0.trimmingCharacters(in: .punctuationCharacters))
+                }
+                #expect(numbers.count >= 4 && numbers[0] + numbers[3] == count, "\(summary)")
+            }
+            #expect(publisher.wait(timeout: .seconds(120)) == .exited(0), "\(publisher.standardError)")
         }
 
         @Test func badInputIsOneLineAndANonZeroStatus() throws {
@@ -118,6 +174,11 @@ extension MultiProcess {
                 (["stat", segment.key], "\(segment.key) is a shared-memory segment, not a ring"),
                 (["sub", "k", "--idle", "sleepy"], "--idle"),
                 (["sub", "k", "--no-such-option"], "no-such-option"),
+                (["sub", "k", "--policy", "lossy", "--lag-limit", "1MiB"], "--lag-limit is for gating"),
+                (["sub", "k", "--lag-limit", "soon"], "--lag-limit soon"),
+                (["sub", "k", "--lag-limit", "0ms"], "--lag-limit 0ms"),
+                (["sub", "k", "--lag-limit", "-5ms"], "--lag-limit"),
+                (["sub", "k", "--policy", "sometimes"], "sometimes"),
                 (["shm", "info", uniqueKey()], "nobody serves"),
                 (["frobnicate"], "frobnicate"),
             ]

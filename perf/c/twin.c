@@ -1,6 +1,7 @@
 // The C twin of ShmRing's ring: the same layout (CShmRingLayout.h), record format and commit
 // protocol, the same producer bookkeeping per message (tail intent, commit word with release,
-// boundary index, tail seqlock, counters) and the same gating (a rescan at the low watermark with
+// boundary index, tail seqlock, counters; -DTWIN_NO_LOSSY_INDEX leaves out the tail intent and the
+// boundary index, to measure what lossy readers cost the producer) and the same gating (a rescan at the low watermark with
 // the seq_cst handshake), one gating consumer that publishes its cursor once per poll.
 // Usage: twin throughput MESSAGES SIZE CPU_A CPU_B [ALIGNMENT [BATCH]]
 //        twin rtt ROUNDS SIZE CPU_A CPU_B [ALIGNMENT]
@@ -16,7 +17,7 @@ typedef struct {
     uint64_t mask, salt;
     uint32_t alignment;
     // producer state
-    uint64_t position, sequence, limit, rescan_at, last_section, tail_version, published, published_bytes;
+    uint64_t position, sequence, limit, rescan_at, last_section, tail_version, published, published_bytes, intent;
     // consumer state
     uint64_t c_position, c_sequence, c_published;
 } ring;
@@ -109,7 +110,15 @@ static inline int publish_in(ring *r, const void *bytes, uint32_t length, uint64
     uint64_t padding = size > room ? room : 0;
     uint64_t end = position + padding + size;
     if ((int64_t)(end - r->rescan_at) > 0 && !make_room(r, end)) return 0;
-    __atomic_store_n(&hdr(r)->producer.tail_intent, end, __ATOMIC_RELAXED);
+#ifndef TWIN_NO_LOSSY_INDEX
+    // Lap detection for lossy readers: ShmRing stores the tail intent only when it moves
+    // forward, then a release fence (a compiler barrier on x86-64).
+    if ((int64_t)(end - r->intent) > 0) {
+        r->intent = end;
+        __atomic_store_n(&hdr(r)->producer.tail_intent, end, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
+#endif
     if (padding) {
         __atomic_store_n((uint64_t *)(r->data + (position & r->mask)), commit_word(r, r->sequence, 1), __ATOMIC_RELAXED);
         position += padding;
@@ -128,8 +137,10 @@ static inline int publish_in(ring *r, const void *bytes, uint32_t length, uint64
     } else {
         __atomic_store_n(&record->commit, commit_word(r, r->sequence, 0), __ATOMIC_RELAXED);
     }
+#ifndef TWIN_NO_LOSSY_INDEX
     uint64_t section = position >> (__builtin_ctz(CAPACITY) - 4);
     if (section != r->last_section) record_boundary(r, position, r->sequence, section);
+#endif
     r->position = position + size;
     r->sequence = (r->sequence + 1) & CSHMRING_SEQUENCE_MASK;
     r->published++;

@@ -667,8 +667,8 @@ public final class RingConsumer {
                 (slot + RingLayout.Slot.policy).assumingMemoryBound(to: UInt32.self), ConsumerPolicy.lossy.rawValue)
             throw RingError(
                 .demoted, key: key,
-                "\(key): this consumer exceeded its lag limit and was demoted to lossy at position "
-                    + "\(state.pointee.position); it goes on, lossy")
+                "this consumer exceeded its lag limit and the producer demoted it to lossy (it was at position "
+                    + "\(state.pointee.position)); it goes on, lossy")
         }
     }
 
@@ -676,7 +676,7 @@ public final class RingConsumer {
     func cannotKeepUp(laps: Int) -> RingError {
         RingError(
             .cannotKeepUp, key: key,
-            "\(key): lapped \(laps) times in a row (\(state.pointee.lappedMessages) messages missed so far); resumed at "
+            "lapped \(laps) times in a row (\(state.pointee.lappedMessages) messages missed so far); resumed at "
                 + "position \(state.pointee.position), sequence \(state.pointee.sequence)")
     }
 
