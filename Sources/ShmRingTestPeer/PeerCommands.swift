@@ -22,6 +22,8 @@ enum PeerCommands {
         "ring-consume": RingCommands.consume,
         "ring-churn": RingCommands.churn,
         "ring-consume-lossy": RingCommands.consumeLossy,
+        "ring-fuzz-produce": RingFuzz.produce,
+        "ring-fuzz-consume": RingFuzz.consume,
         "ring-hot-loop": HotPath.run,
         "ring-bench": RingBench.run,
         "ring-bench-child": RingBench.child,

@@ -270,4 +270,15 @@ import Glibc
             #expect(delivered == 1)
         }
     }
+
+    /// Found by the fuzz test: a tail that is not record-aligned, read by a joiner, would put its
+    /// first commit-word load across the end of the data region.
+    @Test func aTailThatIsNotRecordAlignedIsCorruptedNotACrash() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        try producer.publish(message(0))
+        CShmAtomics_u64_store_release(producer.view.word(RingLayout.Producer.tail), 4093)
+        expectRingError(.corrupted) { _ = try RingConsumer(key: key) }
+        expectRingError(.corrupted) { _ = try RingConsumer(key: key, policy: .lossy) }
+    }
 }

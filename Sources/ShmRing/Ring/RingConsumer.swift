@@ -30,6 +30,8 @@ struct ConsumerState {
     @usableFromInline var demoted: Bool = false
     /// The notice bits already acted on.
     @usableFromInline var noticeSeen: UInt64 = 0
+    /// Polls of a gating consumer that found nothing (every 4096th looks at the producer's tail).
+    @usableFromInline var emptyPolls: UInt64 = 0
     /// At the last lap: the tail intent minus the capacity (everything before it may have been
     /// overwritten). For tests that check where the consumer resumed.
     @usableFromInline var lastLapFloor: UInt64 = 0
@@ -336,7 +338,8 @@ public final class RingConsumer {
         return oldestBoundary(notBefore: retained, tail: tail)
     }
 
-    /// The producer's tail (position and sequence of the next record), read under its seqlock.
+    /// The producer's tail (position and sequence of the next record), read under its seqlock and
+    /// checked.
     @usableFromInline
     func readTail() throws(RingError) -> (position: UInt64, sequence: UInt64) {
         guard
@@ -344,6 +347,12 @@ public final class RingConsumer {
                 version: RingLayout.Producer.tailVersion, position: RingLayout.Producer.tail,
                 sequence: RingLayout.Producer.tailSequence)
         else { throw RingError(.corrupted, key: key, "the producer's tail stays mid-update") }
+        // A position that is not record-aligned cannot be right, and reading a commit word there
+        // could run past the end of the data region.
+        guard tail.position % UInt64(view.alignment) == 0 else {
+            throw RingError(
+                .corrupted, key: key, "the producer's tail \(tail.position) is not a multiple of the record alignment")
+        }
         return tail
     }
 
@@ -422,7 +431,15 @@ public final class RingConsumer {
             // Partner: the producer's release store of the commit word (or of a batch's first).
             let word = CShmAtomics_u64_load_acquire(base.assumingMemoryBound(to: UInt64.self)) ^ view.salt
             if word != sequence {
-                guard word == sequence | RingLayout.paddingFlag else { break }  // not committed yet
+                guard word == sequence | RingLayout.paddingFlag else {
+                    // Not committed yet. Now and then, when nothing came at all, make sure it is
+                    // not a record that can never come (a header rewritten under this consumer).
+                    if count == 0 {
+                        state.pointee.emptyPolls &+= 1
+                        if state.pointee.emptyPolls & 4095 == 0 { try checkNotStranded(position, sequence) }
+                    }
+                    break
+                }
                 // Padding: the rest of the lap is empty. Never at a lap's start (that would send
                 // this loop round the lap for ever).
                 guard offset != 0 else { throw corruptedRecord(length: 0, position: position) }
@@ -647,6 +664,26 @@ public final class RingConsumer {
         state.pointee.pendingMissedBytes &+= bytes
         state.pointee.position = resume.position
         state.pointee.sequence = resume.sequence
+    }
+
+    /// A gating consumer waits at `position` for `sequence`. If the producer's tail says that
+    /// record was committed long ago and it is still not there, the consumer was led astray (a
+    /// rewritten length or commit word): `.corrupted`, instead of waiting for ever while holding
+    /// the producer back.
+    @usableFromInline
+    func checkNotStranded(_ position: UInt64, _ sequence: UInt64) throws(RingError) {
+        let tail = try readTail()
+        let ahead = (tail.sequence &- sequence) & RingLayout.sequenceMask
+        guard ahead > 0, ahead < 1 << 62 else { return }
+        // The record was committed before the tail that counts it was published (the commit's
+        // release, then the tail's seqlock; readSnapshot's acquire): read the word again.
+        let word = CShmAtomics_u64_load_acquire(
+            (view.data + Int(position & view.mask)).assumingMemoryBound(to: UInt64.self))
+        guard word ^ view.salt != sequence, word ^ view.salt != sequence | RingLayout.paddingFlag else { return }
+        throw RingError(
+            .corrupted, key: key,
+            "the record at position \(position) does not carry sequence \(sequence), though the producer's tail is "
+                + "at sequence \(tail.sequence): this consumer was led astray by a header that cannot be right")
     }
 
     /// Acts on the producer's notice bits: evicted (permanent, every poll throws), demoted (once).

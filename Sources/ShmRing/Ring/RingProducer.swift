@@ -89,6 +89,13 @@ public final class RingProducer {
     /// Where the next record starts (unless it needs padding at the end of the lap); after a
     /// publish outside a batch, the end of the record just published.
     public var position: UInt64 { state.pointee.position }
+    /// The header memfd's mapping (configuration, producer line, counters, boundary index, data
+    /// at +4096) and the slot pages: for the fuzz test's mutator, which rewrites them at random.
+    package var headerForFuzzing: UnsafeMutableRawPointer { view.header }
+    package func slotPageForFuzzing(_ index: Int) -> UnsafeMutableRawPointer {
+        slotBase + index * RingLayout.slotSize
+    }
+
     /// The size a message of `length` bytes takes in the ring (header, payload, padding to the
     /// alignment).
     public func recordSize(length: Int) -> Int { view.recordSize(length) }
