@@ -23,6 +23,21 @@ import Testing
         #expect(price == 101.25)
     }
 
+    @Test func theLossyExample() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let dashboard = try RingConsumer(key: key, policy: .lossy)
+        for price in 0..<1000 { try producer.publish([UInt8(truncatingIfNeeded: price)]) }
+        var missed: UInt64 = 0
+        var delivered: UInt64 = 0
+        try dashboard.poll { bytes, info in  // a validated copy: never torn data
+            if info.missedMessages > 0 { missed += info.missedMessages }
+            delivered += 1
+            return .continue
+        }
+        #expect(missed > 0 && missed + delivered == 1000)
+    }
+
     @Test func theRingExample() throws {
         let key = uniqueKey()
 
