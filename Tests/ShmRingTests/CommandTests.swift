@@ -155,6 +155,23 @@ extension MultiProcess {
             #expect(publisher.wait(timeout: .seconds(120)) == .exited(0), "\(publisher.standardError)")
         }
 
+        /// `pub --no-gating`: a gating subscriber is refused in one line, a lossy one reads.
+        @Test func aPublisherThatRefusesGating() throws {
+            let key = uniqueKey()
+            let publisher = try shmring(["pub", key, "--no-gating", "--rate", "1000", "--wait-consumers", "1"])
+            #expect(waitFor(publisher, stderrContains: "serving \(key)"))
+            let (status, _, error) = try run(["sub", key, "--count", "1"])
+            #expect(status != .exited(0))
+            #expect(error.split(separator: "\n").count == 1 && error.contains("refuses gating consumers"), "\(error)")
+            let (lossyStatus, _, lossyError) = try run([
+                "sub", key, "--policy", "lossy", "--count", "5", "--format", "none",
+            ])
+            #expect(lossyStatus == .exited(0), "\(lossyError)")
+            #expect(lossyError.contains("5 messages"), "\(lossyError)")
+            publisher.signal(SIGINT)
+            #expect(publisher.wait(timeout: .seconds(60)) == .exited(0))
+        }
+
         @Test func badInputIsOneLineAndANonZeroStatus() throws {
             let segment = SharedMemory(key: uniqueKey())
             try segment.create(size: 64)

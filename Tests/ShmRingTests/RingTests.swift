@@ -344,6 +344,11 @@ func expectRingError(
         configuration.refusesGating = true
         let producer = try RingProducer(key: key, configuration: configuration)
         expectRingError(.gatingRefused) { _ = try RingConsumer(key: key) }
+        // Lossy consumers are served, and the producer never waits.
+        let lossy = try RingConsumer(key: key, policy: .lossy)
+        for index in 0..<1000 { #expect(try producer.publish([UInt8(truncatingIfNeeded: index)]) == .published) }
+        _ = try drain(lossy)
+        #expect(lossy.delivered + lossy.lappedMessages == 1000 && lossy.lappedMessages > 0)
         let error = expectError(.incompatible) { try SharedMemory(key: key).attach() }
         #expect(error?.message.contains("is a ring") == true)
         let memory = SharedMemory(key: uniqueKey())
