@@ -1,5 +1,6 @@
-// In-process publish+poll of the ring at several payload sizes, gated on zero allocations per
-// message (package-benchmark's malloc counter). Two-process figures are perf/ring-vs-c.sh's.
+// In-process publish+poll of the ring at several payload sizes, for a gating consumer (in place)
+// and a lossy one (copy, then validate), gated on zero allocations per message
+// (package-benchmark's malloc counter). Two-process figures are perf/ring-vs-c.sh's.
 import Benchmark
 import ShmRing
 
@@ -13,10 +14,10 @@ final class RingPair {
     let consumer: RingConsumer
     let payload: UnsafeMutableRawBufferPointer
 
-    init(size: Int) throws {
-        let key = "bench-ring-\(size)-\(getpid())"
+    init(size: Int, policy: ConsumerPolicy = .gating) throws {
+        let key = "bench-ring-\(size)-\(policy)-\(getpid())"
         producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 22))
-        consumer = try RingConsumer(key: key)
+        consumer = try RingConsumer(key: key, policy: policy)
         payload = .allocate(byteCount: size, alignment: 16)
         payload.initializeMemory(as: UInt8.self, repeating: 7)
     }
@@ -31,9 +32,11 @@ let benchmarks: @Sendable () -> Void = {
         maxDuration: .seconds(2),
         maxIterations: 2_000_000
     )
-    for size in [8, 64, 256, 1024, 16384] {
+    for (size, policy) in [8, 64, 256, 1024, 16384].map({ ($0, ConsumerPolicy.gating) })
+        + [64, 1024].map({ ($0, ConsumerPolicy.lossy) })
+    {
         Benchmark(
-            "publish+poll \(size) B",
+            policy == .gating ? "publish+poll \(size) B" : "publish+poll \(size) B, lossy (copy, validate)",
             configuration: .init(thresholds: [.mallocCountTotal: .init(absolute: [.p100: 0])])
         ) { (benchmark: Benchmark, pair: RingPair) in
             let message = UnsafeRawBufferPointer(pair.payload)
@@ -47,7 +50,7 @@ let benchmarks: @Sendable () -> Void = {
             }
             blackHole(sum)
         } setup: {
-            try RingPair(size: size)
+            try RingPair(size: size, policy: policy)
         }
     }
 }
