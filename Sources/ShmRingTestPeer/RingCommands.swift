@@ -182,7 +182,8 @@ enum RingCommands {
     /// (content, carried sequence) and every reported gap (the missed count must equal the
     /// sequence difference). Sleeps U µs every E messages to fall behind. `.demoted` and
     /// `.cannotKeepUp` are counted and reading goes on. Each resumption is written to FILE as
-    /// (expected sequence, resumed sequence, resumed position, lap floor), four UInt64s.
+    /// (expected sequence, resumed sequence, resumed position, lap floor when found, lap floor
+    /// when resumed), five UInt64s.
     static func consumeLossy(_ options: PeerOptions) throws {
         let lossy = !options.has("policy") || options.string("policy") == "lossy"
         var lagLimit: LagLimit?
@@ -212,8 +213,9 @@ enum RingCommands {
             if info.missedMessages > 0 {
                 reportedMissed += info.missedMessages
                 resumptions += 1
-                var event = (expected, info.sequence, info.position, consumer.lastLapFloor)
-                if let events { _ = withUnsafeBytes(of: &event) { fwrite($0.baseAddress, 32, 1, events) } }
+                let floor = consumer.lastLapFloor
+                var event = (expected, info.sequence, info.position, floor.found, floor.resumed)
+                if let events { _ = withUnsafeBytes(of: &event) { fwrite($0.baseAddress, 40, 1, events) } }
             }
             if (info.sequence &- expected) & ((1 << 63) - 1) != info.missedMessages { unreportedGaps += 1 }
             expected = (info.sequence &+ 1) & ((1 << 63) - 1)

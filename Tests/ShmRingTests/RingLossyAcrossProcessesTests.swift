@@ -89,15 +89,16 @@ extension MultiProcess {
                 #expect(results["unreported_gaps"] == "0" && results["corrupted"] == "0", "\(name): \(results)")
                 #expect(results["demoted"] == "\(demoted)", "\(name): \(results)")
                 // Every resumption: the record really was there (the producer's log), it was
-                // intact (at or after the lap floor), and it was the oldest intact one up to the
+                // intact (at or after the lap's floor), and it was the oldest intact one up to the
                 // boundary index's granularity (a sixteenth of the ring, plus a record).
                 let events = try words("\(directory)/\(name).events")
-                #expect(events.count / 4 == Int(results["resumptions"] ?? "") ?? -1)
+                #expect(events.count / 5 == Int(results["resumptions"] ?? "") ?? -1)
                 var checked = 0
-                for event in stride(from: 0, to: events.count, by: 4) {
-                    let (resumedSequence, resumedPosition, floor) = (
-                        events[event + 1], events[event + 2], events[event + 3]
-                    )
+                for event in stride(from: 0, to: events.count, by: 5) {
+                    let (resumedSequence, resumedPosition) = (events[event + 1], events[event + 2])
+                    // The floor when the lap was found, and when the resumption point had been
+                    // chosen: the producer goes on meanwhile, and the oldest intact record with it.
+                    let (floor, laterFloor) = (events[event + 3], events[event + 4])
                     let index = Int(resumedSequence)
                     guard index < messages else {
                         Issue.record("\(name): resumed at sequence \(resumedSequence)")
@@ -105,20 +106,23 @@ extension MultiProcess {
                     }
                     #expect(log[2 * index] == resumedSequence && log[2 * index + 1] == resumedPosition, "\(name)")
                     #expect(Int64(bitPattern: resumedPosition &- floor) >= 0, "\(name): resumed before the floor")
-                    // The oldest intact record: the first whose position is at or after the floor.
+                    // The oldest intact record when the point was chosen: the first whose position
+                    // is at or after the later floor. The resumption is at most a sixteenth of the
+                    // ring (the index's granularity) and a record after it.
                     var low = 0
                     var high = index
                     while low < high {
                         let middle = (low + high) / 2
-                        if Int64(bitPattern: log[2 * middle + 1] &- floor) >= 0 {
+                        if Int64(bitPattern: log[2 * middle + 1] &- laterFloor) >= 0 {
                             high = middle
                         } else {
                             low = middle + 1
                         }
                     }
+                    let after = Int64(bitPattern: resumedPosition &- log[2 * low + 1])
                     #expect(
-                        resumedPosition &- log[2 * low + 1] <= UInt64(capacity / 16) + maxRecord,
-                        "\(name): resumed \(resumedPosition &- log[2 * low + 1]) bytes after the oldest intact record")
+                        after <= Int64(capacity / 16) + Int64(maxRecord),
+                        "\(name): resumed \(after) bytes after the oldest intact record")
                     checked += 1
                 }
                 print(

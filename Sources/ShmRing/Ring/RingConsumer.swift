@@ -33,8 +33,9 @@ struct ConsumerState {
     /// Polls of a gating consumer that found nothing (every 4096th looks at the producer's tail).
     @usableFromInline var emptyPolls: UInt64 = 0
     /// At the last lap: the tail intent minus the capacity (everything before it may have been
-    /// overwritten). For tests that check where the consumer resumed.
-    @usableFromInline var lastLapFloor: UInt64 = 0
+    /// overwritten) when the lap was found, and again once the resumption point was chosen (the
+    /// producer goes on meanwhile). For tests that check where the consumer resumed.
+    @usableFromInline var lastLapFloor: (found: UInt64, resumed: UInt64) = (0, 0)
     @usableFromInline var verifiedType: ObjectIdentifier?
     /// `detach()` ran: polling is `.closed` (the memory stays mapped until deinit).
     @usableFromInline var closed: Bool
@@ -128,9 +129,10 @@ public final class RingConsumer {
     public var lappedBytes: UInt64 { state.pointee.lappedBytes }
     /// Whether the producer demoted this gating consumer to lossy (its lag limit).
     public var isDemoted: Bool { state.pointee.demoted }
-    /// At the last lap: the producer's tail intent minus the capacity, the oldest position that
-    /// could still hold an intact record (tests check the resumption point against it).
-    package var lastLapFloor: UInt64 { state.pointee.lastLapFloor }
+    /// At the last lap: the producer's tail intent minus the capacity — the oldest position that
+    /// could still hold an intact record — when the lap was found and when the resumption point
+    /// had been chosen (tests check the resumption point against them).
+    package var lastLapFloor: (found: UInt64, resumed: UInt64) { state.pointee.lastLapFloor }
 
     /// Attaches to the ring served under `key`.
     ///
@@ -642,7 +644,9 @@ public final class RingConsumer {
                 first < count
                 ? (position: records[first].position, sequence: records[first].sequence)
                 : oldestBoundary(notBefore: oldest, tail: try readTail())
-            state.pointee.lastLapFloor = oldest
+            state.pointee.lastLapFloor = (
+                oldest, CShmAtomics_u64_load_relaxed(view.word(RingLayout.Producer.tailIntent)) &- capacity
+            )
             recordLoss(resumingAt: resume)
             if first < count { return first..<count }
             // Handed out in place and all torn: the caller discards them.
