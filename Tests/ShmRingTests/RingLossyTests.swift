@@ -255,8 +255,11 @@ import Glibc
         let lossy = try RingConsumer(key: key, policy: .lossy)
         try producer.publish(message(0))
         try producer.publish(message(1))
-        // The second record (at 64) claims more bytes than the ring allows.
+        // The second record (at 64) claims more bytes than the ring allows, under a commit word
+        // that matches it (a hostile producer can write both).
         (producer.view.data + 64 + RingLayout.Record.length).storeBytes(of: UInt32.max, as: UInt32.self)
+        (producer.view.data + 64).storeBytes(
+            of: producer.view.recordWord(sequence: 1, length: UInt32.max, type: 0), as: UInt64.self)
         for consumer in [gating, lossy] {
             var delivered = 0
             expectRingError(.corrupted) {
@@ -268,6 +271,25 @@ import Glibc
                 try consumer.poll { _, _ in .continue }
             }
             #expect(delivered == 1)
+        }
+    }
+
+    /// A length rewritten under a committed record no longer matches its commit word: the record
+    /// is never handed out. A gating consumer waiting for it is told (`.corrupted`, once the
+    /// producer's tail shows it was committed long ago) instead of waiting for ever.
+    @Test func aRewrittenLengthIsNeverFollowedAndAStrandedGatingConsumerIsTold() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let gating = try RingConsumer(key: key)
+        let lossy = try RingConsumer(key: key, policy: .lossy)
+        try producer.publish(message(0))
+        try producer.publish(message(1))
+        (producer.view.data + 64 + RingLayout.Record.length).storeBytes(of: UInt32(16), as: UInt32.self)
+        #expect(try pollChecked(lossy).count == 1)
+        #expect(try pollChecked(lossy).count == 0)
+        #expect(try pollChecked(gating).count == 1)
+        expectRingError(.corrupted) {
+            for _ in 0..<5000 { _ = try pollChecked(gating) }
         }
     }
 

@@ -40,8 +40,12 @@ static void ring_init(ring *r, char *memory, CShmRing_slot *slot, uint32_t align
     __atomic_store_n(&slot->active, 1, __ATOMIC_SEQ_CST);
 }
 
-static inline uint64_t commit_word(ring *r, uint64_t sequence, int padding) {
-    return ((sequence & CSHMRING_SEQUENCE_MASK) | (padding ? CSHMRING_PADDING_FLAG : 0)) ^ r->salt;
+static inline uint64_t padding_word(ring *r, uint64_t sequence) {
+    return ((sequence & CSHMRING_SEQUENCE_MASK) | CSHMRING_PADDING_FLAG) ^ r->salt;
+}
+
+static inline uint64_t record_word(ring *r, uint64_t sequence, uint32_t length, uint32_t type) {
+    return (sequence & CSHMRING_SEQUENCE_MASK) ^ r->salt ^ CShmRing_record_shape(length, type);
 }
 
 static inline uint64_t record_size(ring *r, uint64_t length) {
@@ -120,7 +124,7 @@ static inline int publish_in(ring *r, const void *bytes, uint32_t length, uint64
     }
 #endif
     if (padding) {
-        __atomic_store_n((uint64_t *)(r->data + (position & r->mask)), commit_word(r, r->sequence, 1), __ATOMIC_RELAXED);
+        __atomic_store_n((uint64_t *)(r->data + (position & r->mask)), padding_word(r, r->sequence), __ATOMIC_RELAXED);
         position += padding;
         r->position = position;
     }
@@ -130,12 +134,12 @@ static inline int publish_in(ring *r, const void *bytes, uint32_t length, uint64
     record->length = length;
     record->type = 0;
     if (first == NULL) {
-        __atomic_store_n(&record->commit, commit_word(r, r->sequence, 0), __ATOMIC_RELEASE);
+        __atomic_store_n(&record->commit, record_word(r, r->sequence, length, 0), __ATOMIC_RELEASE);
     } else if (*first == NULL) {
         *first = &record->commit;
-        *first_value = commit_word(r, r->sequence, 0);
+        *first_value = record_word(r, r->sequence, length, 0);
     } else {
-        __atomic_store_n(&record->commit, commit_word(r, r->sequence, 0), __ATOMIC_RELAXED);
+        __atomic_store_n(&record->commit, record_word(r, r->sequence, length, 0), __ATOMIC_RELAXED);
     }
 #ifndef TWIN_NO_LOSSY_INDEX
     uint64_t section = position >> (__builtin_ctz(CAPACITY) - 4);
@@ -173,12 +177,13 @@ static inline uint64_t poll(ring *r, uint64_t limit, uint64_t *sum) {
         uint64_t offset = position & r->mask;
         char *base = r->data + offset;
         uint64_t word = __atomic_load_n((uint64_t *)base, __ATOMIC_ACQUIRE) ^ r->salt;
-        if (word != sequence) {
+        uint32_t length = __atomic_load_n(&((CShmRing_record *)base)->length, __ATOMIC_RELAXED);
+        uint32_t type = __atomic_load_n(&((CShmRing_record *)base)->type, __ATOMIC_RELAXED);
+        if (word != (sequence ^ CShmRing_record_shape(length, type))) {
             if (word != (sequence | CSHMRING_PADDING_FLAG)) break;
             position += CAPACITY - offset;
             continue;
         }
-        uint32_t length = ((CShmRing_record *)base)->length;
         uint64_t size = record_size(r, length);
         if (length > CAPACITY / 4 || offset + size > CAPACITY) abort();
         uint64_t value;

@@ -28,6 +28,15 @@
 #define CSHMRING_NOTICE_DEMOTED 1ULL
 #define CSHMRING_NOTICE_EVICTED 2ULL
 
+/// What a record's commit word mixes in besides its sequence and the salt: its length and type
+/// (a multiplicative hash, bit 63 clear so that a record's word never reads as padding). A header
+/// from another lap, or one being rewritten, then never passes for the record's own.
+///   record:  commit = sequence ^ salt ^ CShmRing_record_shape(length, type)
+///   padding: commit = (sequence | CSHMRING_PADDING_FLAG) ^ salt
+static inline __attribute__((always_inline)) uint64_t CShmRing_record_shape(uint32_t length, uint32_t type) {
+    return ((((uint64_t)type << 32) | length) * 0x9E3779B97F4A7C15ULL) >> 1;
+}
+
 /// Written once by the creator before any consumer can attach; read by everyone.
 typedef struct {
     uint64_t magic;
@@ -103,7 +112,7 @@ typedef struct {
 } CShmRing_header;
 
 /// A record's header in the data region; the payload follows, the record is padded to the
-/// ring's alignment. `commit` is written last (release): `(sequence | padding flag) ^ salt`.
+/// ring's alignment. `commit` is written last (release): see CShmRing_record_shape.
 typedef struct {
     uint64_t commit;
     uint32_t length;

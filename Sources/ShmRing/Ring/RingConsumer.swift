@@ -312,8 +312,9 @@ public final class RingConsumer {
             // Partner: RingProducer.makeRoom (seq_cst fence, slot loads, seq_cst store of limit).
             CShmAtomics_u64_store_seq_cst(slotWord(RingLayout.Slot.active), generation)
             let limit = CShmAtomics_u64_load_seq_cst(view.word(RingLayout.Producer.limit))
-            // Safe when limit <= start + capacity (by difference: positions wrap).
-            if limit &- candidate.position <= capacity || Int64(bitPattern: limit &- candidate.position) < 0 {
+            // Safe when start <= limit <= start + capacity (by difference: positions wrap; a limit
+            // behind the start cannot be right: choose again).
+            if limit &- candidate.position <= capacity {
                 state.pointee.position = candidate.position
                 state.pointee.sequence = candidate.sequence
                 state.pointee.publishedCursor = candidate.position
@@ -432,7 +433,11 @@ public final class RingConsumer {
             // Acquire: the record's header and payload are visible once its commit word is.
             // Partner: the producer's release store of the commit word (or of a batch's first).
             let word = CShmAtomics_u64_load_acquire(base.assumingMemoryBound(to: UInt64.self)) ^ view.salt
-            if word != sequence {
+            // Each header field read once (relaxed: ordered by the acquire above); the commit word
+            // must name this sequence *and* this header (CShmRing_record_shape).
+            let length32 = CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.length))
+            let type = CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.type))
+            if word != sequence ^ CShmRing_record_shape(length32, type) {
                 guard word == sequence | RingLayout.paddingFlag else {
                     // Not committed yet. Now and then, when nothing came at all, make sure it is
                     // not a record that can never come (a header rewritten under this consumer).
@@ -448,13 +453,11 @@ public final class RingConsumer {
                 position &+= UInt64(view.capacity - offset)
                 continue
             }
-            // Each header field read once (relaxed: ordered by the acquire above) and checked.
-            let length = Int(CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.length)))
+            let length = Int(length32)
             let size = view.recordSize(length)
             guard length <= view.maxMessageLength, offset + size <= view.capacity else {
                 throw corruptedRecord(length: length, position: position)
             }
-            let type = CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.type))
             let payload = UnsafeRawBufferPointer(start: base + RingLayout.recordHeaderSize, count: length)
             let action = handler(
                 RawSpan(_unsafeBytes: payload), RingRecordInfo(sequence: sequence, position: position, type: type))
@@ -583,7 +586,11 @@ public final class RingConsumer {
                 // Acquire: the record's header and payload were stored before its commit word.
                 // Partner: the producer's release store of the commit word.
                 let word = CShmAtomics_u64_load_acquire(base.assumingMemoryBound(to: UInt64.self)) ^ view.salt
-                if word != sequence {
+                // Read once, relaxed (the producer may be rewriting them: validated below); the
+                // commit word must name this sequence and this header.
+                let length32 = CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.length))
+                let type = CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.type))
+                if word != sequence ^ CShmRing_record_shape(length32, type) {
                     // Not committed yet, or overwritten (the tail intent below tells which).
                     guard word == sequence | RingLayout.paddingFlag else { break }
                     guard offset != 0 else {
@@ -593,9 +600,7 @@ public final class RingConsumer {
                     position &+= capacity &- UInt64(offset)
                     continue
                 }
-                // Read once, relaxed (the producer may be rewriting them: validated below).
-                let length = Int(CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.length)))
-                let type = CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.type))
+                let length = Int(length32)
                 let size = view.recordSize(length)
                 guard length <= view.maxMessageLength, offset &+ size <= view.capacity else {
                     malformed = (length, position)
@@ -681,9 +686,12 @@ public final class RingConsumer {
         guard ahead > 0, ahead < 1 << 62 else { return }
         // The record was committed before the tail that counts it was published (the commit's
         // release, then the tail's seqlock; readSnapshot's acquire): read the word again.
-        let word = CShmAtomics_u64_load_acquire(
-            (view.data + Int(position & view.mask)).assumingMemoryBound(to: UInt64.self))
-        guard word ^ view.salt != sequence, word ^ view.salt != sequence | RingLayout.paddingFlag else { return }
+        let base = view.data + Int(position & view.mask)
+        let word = CShmAtomics_u64_load_acquire(base.assumingMemoryBound(to: UInt64.self)) ^ view.salt
+        let shape = CShmRing_record_shape(
+            CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.length)),
+            CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.type)))
+        guard word != sequence ^ shape, word != sequence | RingLayout.paddingFlag else { return }
         throw RingError(
             .corrupted, key: key,
             "the record at position \(position) does not carry sequence \(sequence), though the producer's tail is "

@@ -113,6 +113,8 @@ public final class RingObserver {
         func u32(_ offset: Int) -> UInt32 {
             CShmAtomics_u32_load_relaxed((base + offset).assumingMemoryBound(to: UInt32.self))
         }
+        // Read before the cursors: a consumer can pass this value while the snapshot is taken
+        // (its lag is then 0, never a wrapped negative number).
         let position = u64(RingLayout.Producer.tail)
         var consumers: [RingSnapshot.Consumer] = []
         for (index, slot) in slots.enumerated() {
@@ -133,7 +135,7 @@ public final class RingObserver {
                         bitPattern: CShmAtomics_u32_load_relaxed(
                             (page + RingLayout.Slot.pid).assumingMemoryBound(to: UInt32.self))),
                     policy: ConsumerPolicy(rawValue: rawPolicy).map { "\($0)" } ?? "unknown(\(rawPolicy))",
-                    position: cursor, lag: position &- cursor, delivered: word(RingLayout.Slot.delivered),
+                    position: cursor, lag: Int64(bitPattern: position &- cursor) < 0 ? 0 : position &- cursor, delivered: word(RingLayout.Slot.delivered),
                     deliveredBytes: word(RingLayout.Slot.deliveredBytes),
                     lappedMessages: word(RingLayout.Slot.lappedMessages),
                     lappedBytes: word(RingLayout.Slot.lappedBytes),

@@ -29,6 +29,7 @@ struct ProducerState {
     /// Inside a batch: the first commit word, written last.
     @usableFromInline var batchFirstWord: UnsafeMutablePointer<UInt64>?
     @usableFromInline var batchFirstValue: UInt64
+    @usableFromInline var batchFirstSequence: UInt64 = 0
     @usableFromInline var inBatch: Bool
     /// The sixteenth of the ring the last record started in (boundary index).
     @usableFromInline var lastSection: UInt64
@@ -424,7 +425,7 @@ public final class RingProducer {
             // The rest of the lap is empty: a padding record with the next record's sequence.
             // Relaxed: a consumer that sees it early only moves to the lap's start and waits there.
             let word = (view.data + Int(position & view.mask)).assumingMemoryBound(to: UInt64.self)
-            CShmAtomics_u64_store_relaxed(word, view.commitWord(sequence: state.pointee.sequence, padding: true))
+            CShmAtomics_u64_store_relaxed(word, view.paddingWord(sequence: state.pointee.sequence))
             position &+= UInt64(padding)
             state.pointee.position = position
         }
@@ -439,11 +440,12 @@ public final class RingProducer {
         base.storeBytes(of: type, toByteOffset: RingLayout.Record.type, as: UInt32.self)
         let sequence = state.pointee.sequence
         let word = base.assumingMemoryBound(to: UInt64.self)
-        let value = view.commitWord(sequence: sequence, padding: false)
+        let value = view.recordWord(sequence: sequence, length: UInt32(truncatingIfNeeded: length), type: type)
         if state.pointee.inBatch {
             if state.pointee.batchFirstWord == nil {
                 state.pointee.batchFirstWord = word
                 state.pointee.batchFirstValue = value
+                state.pointee.batchFirstSequence = sequence
             } else {
                 // Relaxed: made visible by the release store of the batch's first commit word.
                 CShmAtomics_u64_store_relaxed(word, value)
@@ -516,7 +518,7 @@ public final class RingProducer {
             let section = start >> UInt64(sectionShift)
             if section != state.pointee.lastSection {
                 recordBoundary(
-                    position: start, sequence: (state.pointee.batchFirstValue ^ view.salt) & RingLayout.sequenceMask,
+                    position: start, sequence: state.pointee.batchFirstSequence,
                     section: section)
             }
         }
@@ -707,11 +709,14 @@ public final class RingProducer {
         // Relaxed: statistics.
         CShmAtomics_u64_store_relaxed(
             view.word(evicting ? RingLayout.Counters.evictions : RingLayout.Counters.demotions), total)
-        notify(index, evicting ? RingLayout.noticeEvicted : RingLayout.noticeDemoted)
+        notify(index, generation: generation, evicting ? RingLayout.noticeEvicted : RingLayout.noticeDemoted)
     }
 
     @usableFromInline
-    func notify(_ index: Int, _ bit: UInt64) {
+    func notify(_ index: Int, generation: UInt64, _ bit: UInt64) {
+        // The slot may have been handed to a new consumer (a fresh page) since it was sampled:
+        // tell only the page that carries this generation.
+        guard CShmAtomics_u64_load_acquire(slotWord(index, RingLayout.Slot.generation)) == generation else { return }
         let word = slotWord(index, RingLayout.Slot.notice)
         // Release: pairs with the consumer's acquire load of the notice in `poll`. The producer's
         // decision is already made (its private record); a consumer that rewrites its notice

@@ -48,10 +48,18 @@ struct RingView {
         (record + offset).assumingMemoryBound(to: UInt32.self)
     }
 
-    /// The commit word a record (or padding, with `padding`) with `sequence` carries.
+    /// The commit word of a padding record that precedes the record with `sequence`.
     @inlinable @inline(__always)
-    func commitWord(sequence: UInt64, padding: Bool) -> UInt64 {
-        ((sequence & RingLayout.sequenceMask) | (padding ? RingLayout.paddingFlag : 0)) ^ salt
+    func paddingWord(sequence: UInt64) -> UInt64 {
+        ((sequence & RingLayout.sequenceMask) | RingLayout.paddingFlag) ^ salt
+    }
+
+    /// The commit word of the record with `sequence`, `length` and `type`: the sequence mixed
+    /// with the salt and the record's shape (CShmRing_record_shape), so that a commit word never
+    /// passes with a header that is not its own.
+    @inlinable @inline(__always)
+    func recordWord(sequence: UInt64, length: UInt32, type: UInt32) -> UInt64 {
+        (sequence & RingLayout.sequenceMask) ^ salt ^ CShmRing_record_shape(length, type)
     }
 
     /// The size of a record with `length` payload bytes.

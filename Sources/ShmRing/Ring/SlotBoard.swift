@@ -119,7 +119,10 @@ final class SlotBoard: @unchecked Sendable {
         let page = page(slot)
         // A copy of the generation for the consumer (it checks it against the reply) and for
         // observers; the producer decides only by its private copy below.
-        (page + RingLayout.Slot.generation).storeBytes(of: generation, as: UInt64.self)
+        // Relaxed: the producer's thread compares it (RingProducer.notify) only after it has seen
+        // the private generation, published with release below.
+        CShmAtomics_u64_store_relaxed(
+            (page + RingLayout.Slot.generation).assumingMemoryBound(to: UInt64.self), generation)
         // Relaxed: published by the release store of the generation below.
         CShmAtomics_u64_store_relaxed(control.policy(slot), UInt64(policy.rawValue))
         // Release: the fresh page and the policy are visible before the generation that makes the
