@@ -257,7 +257,8 @@ enum RingCommands {
         PeerRuntime.report("resumptions=\(resumptions)")
         PeerRuntime.report("unreported_gaps=\(unreportedGaps)")
         PeerRuntime.report("corrupted=\(corrupted)")
-        PeerRuntime.report("demoted=\(demoted)")
+        PeerRuntime.report("demoted=\(consumer.isDemoted ? 1 : 0)")
+        PeerRuntime.report("demoted_errors=\(demoted)")
         PeerRuntime.report("cannot_keep_up=\(cannotKeepUp)")
         consumer.detach()
     }

@@ -28,6 +28,8 @@ struct ConsumerState {
     @usableFromInline var validating: Bool = false
     /// The producer demoted this consumer to lossy (its lag limit).
     @usableFromInline var demoted: Bool = false
+    /// `.demoted` was thrown (once).
+    @usableFromInline var demotionReported: Bool = false
     /// The notice bits already acted on.
     @usableFromInline var noticeSeen: UInt64 = 0
     /// Polls of a gating consumer that found nothing (every 4096th looks at the producer's tail).
@@ -662,9 +664,15 @@ public final class RingConsumer {
     }
 
     /// The consumer was lapped: counts what it missed (sequence and position differences) and
-    /// moves it to `resume`.
+    /// moves it to `resume`. A gating consumer can only be lapped once demoted: if the notice
+    /// arrived while this poll ran, `isDemoted` says so at once (`.demoted` is thrown by the
+    /// next poll, as always).
     @usableFromInline
     func recordLoss(resumingAt resume: (position: UInt64, sequence: UInt64)) {
+        // Acquire: pairs with the producer's release store of the notice (RingProducer.notify).
+        if CShmAtomics_u64_load_acquire(slotWord(RingLayout.Slot.notice)) & RingLayout.noticeDemoted != 0 {
+            state.pointee.demoted = true
+        }
         let messages = (resume.sequence &- state.pointee.sequence) & RingLayout.sequenceMask
         let bytes = resume.position &- state.pointee.position
         state.pointee.lappedMessages &+= messages
@@ -709,8 +717,9 @@ public final class RingConsumer {
                     + "that cannot be right")
         }
         state.pointee.noticeSeen = notice
-        if notice & RingLayout.noticeDemoted != 0 && !state.pointee.demoted {
+        if notice & RingLayout.noticeDemoted != 0 && !state.pointee.demotionReported {
             state.pointee.demoted = true
+            state.pointee.demotionReported = true
             startValidating()
             CShmAtomics_u32_store_relaxed(
                 (slot + RingLayout.Slot.policy).assumingMemoryBound(to: UInt32.self), ConsumerPolicy.lossy.rawValue)

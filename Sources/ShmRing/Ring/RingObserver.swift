@@ -135,7 +135,8 @@ public final class RingObserver {
                         bitPattern: CShmAtomics_u32_load_relaxed(
                             (page + RingLayout.Slot.pid).assumingMemoryBound(to: UInt32.self))),
                     policy: ConsumerPolicy(rawValue: rawPolicy).map { "\($0)" } ?? "unknown(\(rawPolicy))",
-                    position: cursor, lag: Int64(bitPattern: position &- cursor) < 0 ? 0 : position &- cursor, delivered: word(RingLayout.Slot.delivered),
+                    position: cursor, lag: Int64(bitPattern: position &- cursor) < 0 ? 0 : position &- cursor,
+                    delivered: word(RingLayout.Slot.delivered),
                     deliveredBytes: word(RingLayout.Slot.deliveredBytes),
                     lappedMessages: word(RingLayout.Slot.lappedMessages),
                     lappedBytes: word(RingLayout.Slot.lappedBytes),
