@@ -52,6 +52,7 @@ enum RingCommands {
         defer { buffer.deallocate() }
         var sequence: UInt64 = 0
         var backPressured = 0
+        var evictionsSeen: UInt64 = 0
         let started = now()
         while count == 0 || sequence < UInt64(count) {
             var length =
@@ -85,6 +86,15 @@ enum RingCommands {
                 idle(&spins)
             }
             if count > 0 && sequence == UInt64(count / 2) { PeerRuntime.ready("half") }
+            if sequence & 1023 == 0 && producer.evictions != evictionsSeen {
+                // Diagnostics: what the producer saw when it evicted (stderr, read by the tests).
+                evictionsSeen = producer.evictions
+                let last = producer.lastEviction
+                let line =
+                    "ring-produce: eviction \(evictionsSeen): slot \(last.slot), position \(last.position), cursor "
+                    + "\(last.cursor), published tail \(last.tail), sequence \(sequence)\n"
+                _ = line.withCString { write(2, $0, strlen($0)) }
+            }
             if let log {
                 var entry = (sequence, producer.position &- UInt64(producer.recordSize(length: length)))
                 _ = withUnsafeBytes(of: &entry) { fwrite($0.baseAddress, 16, 1, log) }

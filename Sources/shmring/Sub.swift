@@ -32,7 +32,7 @@ struct Sub: ParsableCommand {
     @Option(
         name: .customLong("lag-limit"),
         help: ArgumentHelp(
-            "Gating only: be demoted to lossy beyond this lag: bytes (64KiB) or a time holding the producer back (10ms).",
+            "Gating only: be demoted to lossy at this lag: bytes (64KiB) or a time holding the producer back (10ms).",
             valueName: "size|time"))
     var lagLimit: String?
 

@@ -112,7 +112,9 @@ extension MultiProcess {
                 #expect(results["bad_rounds"] == "0", "\(results)")
                 #expect(results["gaps"] == "0" && results["corrupted"] == "0", "\(results)")
             }
-            #expect(steady.wait(timeout: .seconds(600)) == .exited(0), "\(steady.standardError)")
+            #expect(
+                steady.wait(timeout: .seconds(600)) == .exited(0),
+                "\(steady.standardError); producer: \(producer.standardError)")
             #expect(steady.results["gaps"] == "0" && steady.results["corrupted"] == "0", "\(steady.results)")
             producer.signal(SIGKILL)
             producer.wait()

@@ -303,4 +303,58 @@ import Glibc
         expectRingError(.corrupted) { _ = try RingConsumer(key: key) }
         expectRingError(.corrupted) { _ = try RingConsumer(key: key, policy: .lossy) }
     }
+
+    /// From a review: with alignment 8 a padding record can be 8 bytes, the last 8 of the lap. A
+    /// consumer waiting there must not read a 16-byte header across the end of the data region.
+    @Test func aConsumerWaitingInTheLastEightBytesOfALapReadsNoHeader() throws {
+        let key = uniqueKey()
+        var configuration = RingConfiguration(capacity: 4096)
+        configuration.alignment = 8
+        configuration.initialPosition = 4096 - 8
+        let producer = try RingProducer(key: key, configuration: configuration)
+        let gating = try RingConsumer(key: key)
+        let lossy = try RingConsumer(key: key, policy: .lossy)
+        #expect(gating.position == 4088 && lossy.position == 4088)
+        for _ in 0..<100 {
+            #expect(try pollChecked(gating).count == 0)
+            #expect(try pollChecked(lossy).count == 0)
+        }
+        try producer.publish(message(0))  // an 8-byte padding record, then the message at 4096
+        #expect(try pollChecked(gating).count == 1)
+        #expect(try pollChecked(lossy).count == 1)
+    }
+
+    /// A lossy in-place poll whose own position was overwritten reports the loss with the first
+    /// message it hands out.
+    @Test func anInPlacePollAfterALapReportsTheLossWithItsFirstMessage() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let consumer = try RingConsumer(key: key, policy: .lossy)
+        for index in 0..<1000 { try producer.publish(message(UInt64(index))) }
+        var infos: [RingRecordInfo] = []
+        let result = try consumer.pollInPlace { _, info in
+            infos.append(info)
+            return .continue
+        }
+        #expect(result.torn == 0 && result.handled == infos.count && !infos.isEmpty)
+        #expect(infos.first?.missedMessages == infos.first?.sequence)
+        #expect(infos.dropFirst().allSatisfy { $0.missedMessages == 0 })
+        #expect(infos.first.map { $0.missedMessages + UInt64(infos.count) } ?? 0 <= 1000)
+    }
+
+    /// A notice names the generation it is for: one written for another attachment of the slot
+    /// (a producer that raced a new hand-out) is ignored.
+    @Test func aNoticeForAnotherGenerationIsIgnored() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let consumer = try RingConsumer(key: key)
+        let foreign = ((consumer.generation &+ 1) << 2) | RingLayout.noticeEvicted
+        CShmAtomics_u64_store_release(consumer.slotWord(RingLayout.Slot.notice), foreign)
+        try producer.publish(message(0))
+        #expect(try pollChecked(consumer).count == 1)
+        #expect(try RingObserver(key: key).snapshot().consumers.first?.evicted == false)
+        let mine = (consumer.generation << 2) | RingLayout.noticeEvicted
+        CShmAtomics_u64_store_release(consumer.slotWord(RingLayout.Slot.notice), mine)
+        expectRingError(.evicted) { _ = try pollChecked(consumer) }
+    }
 }

@@ -145,7 +145,7 @@ typedef struct {
     uint32_t sleeping;
     uint8_t reserved1[CSHMRING_GROUP - 4];
     // Owner line: written by the producer. `generation` is a copy for the consumer and observers
-    // (the producer's own copy is private); `notice` has CSHMRING_NOTICE_* bits.
+    // (the producer's own copy is private); `notice` is `generation << 2 | CSHMRING_NOTICE_*`.
     uint64_t generation;
     uint64_t notice;
     uint8_t reserved2[CSHMRING_GROUP - 16];

@@ -92,6 +92,8 @@ public final class RingConsumer {
     @usableFromInline let fingerprint: RingTypeFingerprint
     /// Publish the cursor at least this often (a quarter of the capacity), even inside one poll.
     @usableFromInline let cursorInterval: UInt64
+    /// The generation the producer handed out with this attachment (notices carry it).
+    @usableFromInline let generation: UInt64
     /// A validating poll's copies (`bufferSize` bytes) and its records (`batchLimit` of them);
     /// allocated when the consumer starts validating.
     @usableFromInline var buffer: UnsafeMutableRawPointer?
@@ -229,6 +231,10 @@ public final class RingConsumer {
         self.slotSegment = slotSegment
         self.connection = connection.socket
         slot = slotSegment.baseAddress!
+        // The slot's generation, as the producer's server stored it before replying (checked
+        // against the reply below).
+        generation = CShmAtomics_u64_load_acquire(
+            (slotSegment.baseAddress! + RingLayout.Slot.generation).assumingMemoryBound(to: UInt64.self))
         cursorInterval = UInt64(capacity / 4)
         // One record of the largest size fits, and at least 64 KiB for batches.
         bufferSize = max(1 << 16, RingLayout.align(config.maxMessageLength, 8))
@@ -237,9 +243,7 @@ public final class RingConsumer {
             to: ConsumerState(
                 position: 0, sequence: 0, publishedCursor: 0, delivered: 0, deliveredBytes: 0, verifiedType: nil,
                 closed: false))
-        if policy == .lossy || lagLimit != nil { startValidating() }
-        // The slot's generation, as the producer's server stored it before replying.
-        let generation = CShmAtomics_u64_load_acquire(slotWord(RingLayout.Slot.generation))
+        if policy == .lossy || lagLimit != nil { try startValidating() }
         guard generation != 0, UInt32(truncatingIfNeeded: generation) == reply.generation else {
             throw RingError(
                 .corrupted, key: key, "slot \(reply.slot) has generation \(generation), not \(reply.generation)")
@@ -252,15 +256,27 @@ public final class RingConsumer {
         slotSegment.close()
         headerSegment.close()
         state.deallocate()
-        buffer?.deallocate()
+        if let buffer { munmap(buffer, bufferSize) }
         gathered?.deallocate()
     }
 
     /// From now on, reads are copied and validated (allocates the copy buffer once).
     @usableFromInline
-    func startValidating() {
+    func startValidating() throws(RingError) {
         if buffer == nil {
-            buffer = .allocate(byteCount: bufferSize, alignment: 16)
+            // Mapped, not allocated: the size follows the ring's maximum message length (up to a
+            // quarter of the capacity, which a header can claim), pages are only touched as used,
+            // and a mapping that cannot be made is a typed error instead of a trap.
+            guard
+                let mapped = mmap(
+                    nil, bufferSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+                mapped != MAP_FAILED
+            else {
+                throw RingError(
+                    .outOfResources, key: key, "cannot map a \(bufferSize)-byte copy buffer", syscall: "mmap",
+                    errno: Errno(rawValue: errno))
+            }
+            buffer = mapped
             gathered = .allocate(capacity: Self.batchLimit)
         }
         state.pointee.validating = true
@@ -311,7 +327,7 @@ public final class RingConsumer {
             }
             CShmAtomics_u64_store_relaxed(slotWord(RingLayout.Slot.cursor), candidate.position)
             // Seq_cst: the joiner's half of the Dekker handshake with the producer's rescan.
-            // Partner: RingProducer.makeRoom (seq_cst fence, slot loads, seq_cst store of limit).
+            // Partner: RingProducer.publishLimit (seq_cst fence, slot loads, seq_cst store of limit).
             CShmAtomics_u64_store_seq_cst(slotWord(RingLayout.Slot.active), generation)
             let limit = CShmAtomics_u64_load_seq_cst(view.word(RingLayout.Producer.limit))
             // Safe when start <= limit <= start + capacity (by difference: positions wrap; a limit
@@ -376,7 +392,7 @@ public final class RingConsumer {
             guard
                 let boundary = view.readSnapshot(
                     version: base + RingLayout.Boundary.version, position: base + RingLayout.Boundary.position,
-                    sequence: base + RingLayout.Boundary.sequence)
+                    sequence: base + RingLayout.Boundary.sequence, attempts: 4096)
             else { continue }
             // Within [floor, tail], record-aligned, and older than the best so far.
             let sinceFloor = boundary.position &- floor
@@ -435,10 +451,8 @@ public final class RingConsumer {
             // Acquire: the record's header and payload are visible once its commit word is.
             // Partner: the producer's release store of the commit word (or of a batch's first).
             let word = CShmAtomics_u64_load_acquire(base.assumingMemoryBound(to: UInt64.self)) ^ view.salt
-            // Each header field read once (relaxed: ordered by the acquire above); the commit word
-            // must name this sequence *and* this header (CShmRing_record_shape).
-            let length32 = CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.length))
-            let type = CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.type))
+            // The commit word must name this sequence *and* this header (CShmRing_record_shape).
+            let (length32, type) = view.recordHeader(at: offset)
             if word != sequence ^ CShmRing_record_shape(length32, type) {
                 guard word == sequence | RingLayout.paddingFlag else {
                     // Not committed yet. Now and then, when nothing came at all, make sure it is
@@ -530,14 +544,15 @@ public final class RingConsumer {
             return InPlacePollResult(handled: try poll(limit: limit, handler), torn: 0)
         }
         defer { if state.pointee.position != state.pointee.publishedCursor { publishCursor(state.pointee.position) } }
-        var missed = (messages: state.pointee.pendingMissedMessages, bytes: state.pointee.pendingMissedBytes)
         let batch = try gather(maximum: min(max(limit, 0), Self.batchLimit), copying: false) { payload, record in
+            // What was missed right before the first record of this attempt (gather may have
+            // resumed after a lap before handing anything out).
+            let first = record.position == state.pointee.position
             let info = RingRecordInfo(
                 sequence: record.sequence, position: record.position, type: record.type,
-                missedMessages: missed.messages, missedBytes: missed.bytes)
-            let action = handler(RawSpan(_unsafeBytes: payload), info)
-            if action != .leave { missed = (0, 0) }
-            return action
+                missedMessages: first ? state.pointee.pendingMissedMessages : 0,
+                missedBytes: first ? state.pointee.pendingMissedBytes : 0)
+            return handler(RawSpan(_unsafeBytes: payload), info)
         }
         let records = gathered.unsafelyUnwrapped
         for index in batch { consume(records[index]) }
@@ -582,16 +597,16 @@ public final class RingConsumer {
             var used = 0
             var malformed: (length: Int, position: UInt64)?
             var stoppedByVisitor = false
+            var leftByVisitor = false
             while count < maximum {
                 let offset = Int(position & view.mask)
                 let base = view.data + offset
                 // Acquire: the record's header and payload were stored before its commit word.
                 // Partner: the producer's release store of the commit word.
                 let word = CShmAtomics_u64_load_acquire(base.assumingMemoryBound(to: UInt64.self)) ^ view.salt
-                // Read once, relaxed (the producer may be rewriting them: validated below); the
-                // commit word must name this sequence and this header.
-                let length32 = CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.length))
-                let type = CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.type))
+                // Read once (the producer may be rewriting them: validated below); the commit word
+                // must name this sequence and this header.
+                let (length32, type) = view.recordHeader(at: offset)
                 if word != sequence ^ CShmRing_record_shape(length32, type) {
                     // Not committed yet, or overwritten (the tail intent below tells which).
                     guard word == sequence | RingLayout.paddingFlag else { break }
@@ -619,7 +634,10 @@ public final class RingConsumer {
                 } else {
                     let action = visit(
                         UnsafeRawBufferPointer(start: base + RingLayout.recordHeaderSize, count: length), record)
-                    if action == .leave { break }
+                    if action == .leave {
+                        leftByVisitor = true
+                        break
+                    }
                     stoppedByVisitor = action == .stop
                 }
                 records[count] = record
@@ -656,8 +674,9 @@ public final class RingConsumer {
             )
             recordLoss(resumingAt: resume)
             if first < count { return first..<count }
-            // Handed out in place and all torn: the caller discards them.
-            if !copying && count > 0 { return count..<count }
+            // Handed out in place and all torn (or the handler left the one it saw): the caller
+            // discards them; the handler is not called again in this poll.
+            if !copying && (count > 0 || leftByVisitor) { return count..<count }
             laps += 1
             if laps >= Self.lapRetries { throw cannotKeepUp(laps: laps) }
         }
@@ -670,7 +689,10 @@ public final class RingConsumer {
     @usableFromInline
     func recordLoss(resumingAt resume: (position: UInt64, sequence: UInt64)) {
         // Acquire: pairs with the producer's release store of the notice (RingProducer.notify).
-        if CShmAtomics_u64_load_acquire(slotWord(RingLayout.Slot.notice)) & RingLayout.noticeDemoted != 0 {
+        let notice = CShmAtomics_u64_load_acquire(slotWord(RingLayout.Slot.notice))
+        if notice & RingLayout.noticeDemoted != 0
+            && RingLayout.noticeGeneration(notice) == RingLayout.noticeGeneration(generation << 2)
+        {
             state.pointee.demoted = true
         }
         let messages = (resume.sequence &- state.pointee.sequence) & RingLayout.sequenceMask
@@ -694,11 +716,11 @@ public final class RingConsumer {
         guard ahead > 0, ahead < 1 << 62 else { return }
         // The record was committed before the tail that counts it was published (the commit's
         // release, then the tail's seqlock; readSnapshot's acquire): read the word again.
-        let base = view.data + Int(position & view.mask)
-        let word = CShmAtomics_u64_load_acquire(base.assumingMemoryBound(to: UInt64.self)) ^ view.salt
-        let shape = CShmRing_record_shape(
-            CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.length)),
-            CShmAtomics_u32_load_relaxed(view.recordWord32(base, RingLayout.Record.type)))
+        let offset = Int(position & view.mask)
+        let word =
+            CShmAtomics_u64_load_acquire((view.data + offset).assumingMemoryBound(to: UInt64.self)) ^ view.salt
+        let header = view.recordHeader(at: offset)
+        let shape = CShmRing_record_shape(header.length, header.type)
         guard word != sequence ^ shape, word != sequence | RingLayout.paddingFlag else { return }
         throw RingError(
             .corrupted, key: key,
@@ -710,6 +732,12 @@ public final class RingConsumer {
     @usableFromInline
     func takeNotice() throws(RingError) {
         let notice = CShmAtomics_u64_load_acquire(slotWord(RingLayout.Slot.notice))
+        // A notice names the generation it is for (a producer that raced a new hand-out of the
+        // slot could otherwise tell the wrong consumer).
+        guard RingLayout.noticeGeneration(notice) == RingLayout.noticeGeneration(generation << 2) else {
+            state.pointee.noticeSeen = notice
+            return
+        }
         if notice & RingLayout.noticeEvicted != 0 {
             throw RingError(
                 .evicted, key: key,
@@ -720,7 +748,7 @@ public final class RingConsumer {
         if notice & RingLayout.noticeDemoted != 0 && !state.pointee.demotionReported {
             state.pointee.demoted = true
             state.pointee.demotionReported = true
-            startValidating()
+            try startValidating()
             CShmAtomics_u32_store_relaxed(
                 (slot + RingLayout.Slot.policy).assumingMemoryBound(to: UInt32.self), ConsumerPolicy.lossy.rawValue)
             throw RingError(

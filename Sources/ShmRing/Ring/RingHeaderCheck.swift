@@ -41,7 +41,7 @@ struct RingHeaderCheck {
         }
         guard u64(RingLayout.Config.dataOffset) == UInt64(RingLayout.dataOffset),
             u32(RingLayout.Config.recordHeaderSize) == UInt32(RingLayout.recordHeaderSize)
-        else { throw corrupted("data offset or record header size differ from layout 1") }
+        else { throw corrupted("data offset or record header size differ from layout 2") }
         let alignment = Int(u32(RingLayout.Config.alignment))
         guard alignment >= 8, alignment <= 4096, alignment & (alignment - 1) == 0 else {
             throw corrupted("alignment \(alignment)")

@@ -110,9 +110,14 @@ enum RingLayout {
         @usableFromInline static let notice = 264
     }
 
-    /// Notice bits the producer sets in a slot's notice word.
+    /// A slot's notice word: `generation << 2 | bits`, the generation of the attachment it is for
+    /// (its low 62 bits) and these bits.
     @usableFromInline static let noticeDemoted: UInt64 = 1 << 0
     @usableFromInline static let noticeEvicted: UInt64 = 1 << 1
+
+    /// The generation part of a notice word.
+    @inlinable @inline(__always)
+    static func noticeGeneration(_ notice: UInt64) -> UInt64 { notice >> 2 }
 
     /// Config flag: the producer refuses gating consumers.
     @usableFromInline static let flagRefusesGating: UInt32 = 1 << 0

@@ -41,8 +41,10 @@ public struct RingSnapshot: Sendable, Equatable {
         /// Bytes between the consumer's cursor and the producer's position.
         public var lag: UInt64
         public var delivered: UInt64
+        /// Payload bytes delivered.
         public var deliveredBytes: UInt64
-        /// Messages and ring bytes it missed because it was lapped.
+        /// Messages it missed because it was lapped, and the ring bytes they took (record headers
+        /// and padding included: position differences, so not comparable with `deliveredBytes`).
         public var lappedMessages: UInt64
         public var lappedBytes: UInt64
         /// The producer demoted it to lossy (its lag limit).
@@ -127,7 +129,10 @@ public final class RingObserver {
             let rawPolicy = CShmAtomics_u32_load_relaxed(
                 (page + RingLayout.Slot.policy).assumingMemoryBound(to: UInt32.self))
             let cursor = word(RingLayout.Slot.cursor)
-            let notice = word(RingLayout.Slot.notice)
+            // A notice counts only if it names this attachment's generation.
+            let rawNotice = word(RingLayout.Slot.notice)
+            let notice =
+                RingLayout.noticeGeneration(rawNotice) == RingLayout.noticeGeneration(generation << 2) ? rawNotice : 0
             consumers.append(
                 RingSnapshot.Consumer(
                     slot: index,

@@ -42,8 +42,12 @@ struct ProducerState {
     /// When the producer first found itself back-pressured without a publish since (monotonic
     /// nanoseconds; 0: not back-pressured). Time lag limits count from here.
     @usableFromInline var blockedSince: UInt64 = 0
+    @usableFromInline var blockedSincePublished: UInt64 = 0
     @usableFromInline var demotions: UInt64 = 0
     @usableFromInline var evictions: UInt64 = 0
+    /// The last eviction: slot, the producer's position, the cursor, the published tail (for
+    /// diagnostics: `lastEviction`).
+    @usableFromInline var lastEviction: (slot: Int, position: UInt64, cursor: UInt64, tail: UInt64) = (0, 0, 0, 0)
 }
 
 /// One look at a consumer slot from the producer's side.
@@ -120,6 +124,12 @@ public final class RingProducer {
     }
     /// The longest payload.
     public var maxMessageLength: Int { view.maxMessageLength }
+    /// Evictions so far, and what the last one saw (slot, the producer's position, the cursor, the
+    /// published tail): diagnostics for the tests and the peer.
+    package var evictions: UInt64 { state.pointee.evictions }
+    package var lastEviction: (slot: Int, position: UInt64, cursor: UInt64, tail: UInt64) {
+        state.pointee.lastEviction
+    }
 
     /// Creates a ring under `key` and serves it.
     ///
@@ -602,9 +612,11 @@ public final class RingProducer {
                 largestLag = capacity
             case .gating(let generation, let cursor):
                 let lag = position &- cursor
-                // Read once; any value is harmless (0: no limit).
+                // Read once; any value is harmless (0: no limit). Measured from the published tail:
+                // a batch's records, not visible yet, are not the consumer's lag.
                 let lagLimit = CShmAtomics_u64_load_relaxed(slotWord(index, RingLayout.Slot.lagLimitBytes))
-                if lagLimit != 0 && lag > lagLimit {
+                let behind = state.pointee.publishedTail &- cursor
+                if lagLimit != 0 && behind <= capacity && behind >= lagLimit {
                     demote(index, generation: generation)
                 } else {
                     largestLag = max(largestLag, lag)
@@ -646,6 +658,7 @@ public final class RingProducer {
                 // and chooses again, so it is ignored. A consumer whose join was validated never
                 // has one: its page holds a value that cannot be right.
                 if CShmAtomics_u64_load_acquire(slotWord(index, RingLayout.Slot.joined)) == generation {
+                    state.pointee.lastEviction = (index, position, cursor, state.pointee.publishedTail)
                     evict(index, generation: generation)
                 }
                 return .notGating
@@ -663,16 +676,21 @@ public final class RingProducer {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)  // vDSO: no system call
         let nanoseconds = UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
-        if state.pointee.blockedSince == 0 {
+        // The clock starts at the first refused attempt and restarts whenever a publish got
+        // through since (a smaller record may fit without looking at the consumers).
+        if state.pointee.blockedSince == 0 || state.pointee.published != state.pointee.blockedSincePublished {
             state.pointee.blockedSince = nanoseconds
+            state.pointee.blockedSincePublished = state.pointee.published
             return false
         }
         let blocked = nanoseconds &- state.pointee.blockedSince
         let capacity = UInt64(view.capacity)
         var demoted = false
         for index in 0..<slotCount {
+            // It holds this record back, and it has published messages left to read (not only
+            // this batch's own, invisible records).
             guard case .gating(let generation, let cursor) = sampleSlot(index, position: state.pointee.position),
-                end &- cursor > capacity  // it holds this record back
+                end &- cursor > capacity, Int64(bitPattern: state.pointee.publishedTail &- cursor) > 0
             else { continue }
             // Read once; any value is harmless (0: no limit).
             let limit = CShmAtomics_u64_load_relaxed(slotWord(index, RingLayout.Slot.lagLimitNanoseconds))
@@ -718,10 +736,16 @@ public final class RingProducer {
         // tell only the page that carries this generation.
         guard CShmAtomics_u64_load_acquire(slotWord(index, RingLayout.Slot.generation)) == generation else { return }
         let word = slotWord(index, RingLayout.Slot.notice)
+        // The notice names its generation: if a new holder's page arrived in between all the
+        // same, its consumer ignores a notice that is not for it.
+        let current = CShmAtomics_u64_load_relaxed(word)
+        let mine =
+            RingLayout.noticeGeneration(current) == RingLayout.noticeGeneration(generation << 2)
+            ? current : generation << 2
         // Release: pairs with the consumer's acquire load of the notice in `poll`. The producer's
         // decision is already made (its private record); a consumer that rewrites its notice
         // fools only itself.
-        CShmAtomics_u64_store_release(word, CShmAtomics_u64_load_relaxed(word) | bit)
+        CShmAtomics_u64_store_release(word, mine | bit)
     }
 
     /// A word of slot `index`'s page.

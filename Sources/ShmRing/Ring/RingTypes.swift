@@ -153,7 +153,8 @@ public enum ConsumerPolicy: UInt32, Equatable, Sendable {
 /// When a gating consumer stops gating: beyond `bytes` of lag, or once it has held the producer
 /// back for `time`. The producer then demotes it to lossy, and its next poll throws `.demoted`.
 public struct LagLimit: Equatable, Sendable {
-    /// Demote once the consumer is more than this many bytes behind the producer (1 ... capacity).
+    /// Demote once the consumer is at least this many bytes behind what the producer has
+    /// published (1 ... capacity).
     public var bytes: Int?
     /// Demote once the consumer has kept the producer back-pressured this long without a break.
     public var time: Duration?

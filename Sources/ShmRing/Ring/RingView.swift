@@ -42,10 +42,18 @@ struct RingView {
         (header + offset).assumingMemoryBound(to: UInt32.self)
     }
 
-    /// A 32-bit field of the record header at `record`.
+    /// The length and type of the record header at `offset` in the data region, each read once
+    /// (relaxed: the caller's acquire load of the commit word orders them). Within the last 16
+    /// bytes of a lap only padding can start (alignment 8 leaves room for its commit word alone):
+    /// there the header is not read, and reads as an impossible length.
     @inlinable @inline(__always)
-    func recordWord32(_ record: UnsafeMutableRawPointer, _ offset: Int) -> UnsafeMutablePointer<UInt32> {
-        (record + offset).assumingMemoryBound(to: UInt32.self)
+    func recordHeader(at offset: Int) -> (length: UInt32, type: UInt32) {
+        guard offset &+ RingLayout.recordHeaderSize <= capacity else { return (UInt32.max, 0) }
+        let base = data + offset
+        return (
+            CShmAtomics_u32_load_relaxed((base + RingLayout.Record.length).assumingMemoryBound(to: UInt32.self)),
+            CShmAtomics_u32_load_relaxed((base + RingLayout.Record.type).assumingMemoryBound(to: UInt32.self))
+        )
     }
 
     /// The commit word of a padding record that precedes the record with `sequence`.
@@ -67,11 +75,15 @@ struct RingView {
     func recordSize(_ length: Int) -> Int { RingLayout.align(RingLayout.recordHeaderSize &+ length, alignment) }
 
     /// Reads a (position, sequence) pair that the producer publishes under a seqlock (the tail, a
-    /// boundary entry). Nil if the version stays odd for about a million tries: a producer that
-    /// died in the middle of the update, or memory that nobody should trust.
+    /// boundary entry). Nil if the version stays odd (or keeps changing) for `attempts` tries: a
+    /// producer that died in the middle of the update, or memory that nobody should trust. The
+    /// producer holds a seqlock for a few stores; the tail gets about a million tries, boundary
+    /// entries (which a reader may simply skip) far fewer.
     @usableFromInline
-    func readSnapshot(version: Int, position: Int, sequence: Int) -> (position: UInt64, sequence: UInt64)? {
-        for attempt in 0..<(1 << 20) {
+    func readSnapshot(version: Int, position: Int, sequence: Int, attempts: Int = 1 << 20) -> (
+        position: UInt64, sequence: UInt64
+    )? {
+        for attempt in 0..<attempts {
             if attempt & 1023 == 1023 { sched_yield() }
             // Acquire: pairs with the producer's release store of the even version after the data.
             let before = CShmAtomics_u64_load_acquire(word(version))
