@@ -92,7 +92,8 @@ enum RingCommands {
                 let last = producer.lastEviction
                 let line =
                     "ring-produce: eviction \(evictionsSeen): slot \(last.slot), position \(last.position), cursor "
-                    + "\(last.cursor), published tail \(last.tail), sequence \(sequence)\n"
+                    + "\(last.cursor), published tail \(last.tail), ring sequence \(last.sequence), intent \(last.intent), "
+                    + "peer sequence \(sequence)\n"
                 _ = line.withCString { write(2, $0, strlen($0)) }
             }
             if let log {

@@ -47,7 +47,8 @@ struct ProducerState {
     @usableFromInline var evictions: UInt64 = 0
     /// The last eviction: slot, the producer's position, the cursor, the published tail (for
     /// diagnostics: `lastEviction`).
-    @usableFromInline var lastEviction: (slot: Int, position: UInt64, cursor: UInt64, tail: UInt64) = (0, 0, 0, 0)
+    @usableFromInline var lastEviction:
+        (slot: Int, position: UInt64, cursor: UInt64, tail: UInt64, sequence: UInt64, intent: UInt64) = (0, 0, 0, 0, 0, 0)
 }
 
 /// One look at a consumer slot from the producer's side.
@@ -127,7 +128,9 @@ public final class RingProducer {
     /// Evictions so far, and what the last one saw (slot, the producer's position, the cursor, the
     /// published tail): diagnostics for the tests and the peer.
     package var evictions: UInt64 { state.pointee.evictions }
-    package var lastEviction: (slot: Int, position: UInt64, cursor: UInt64, tail: UInt64) {
+    package var lastEviction:
+        (slot: Int, position: UInt64, cursor: UInt64, tail: UInt64, sequence: UInt64, intent: UInt64)
+    {
         state.pointee.lastEviction
     }
 
@@ -658,7 +661,10 @@ public final class RingProducer {
                 // and chooses again, so it is ignored. A consumer whose join was validated never
                 // has one: its page holds a value that cannot be right.
                 if CShmAtomics_u64_load_acquire(slotWord(index, RingLayout.Slot.joined)) == generation {
-                    state.pointee.lastEviction = (index, position, cursor, state.pointee.publishedTail)
+                    state.pointee.lastEviction = (
+                        index, position, cursor, state.pointee.publishedTail, state.pointee.sequence,
+                        state.pointee.intent
+                    )
                     evict(index, generation: generation)
                 }
                 return .notGating
