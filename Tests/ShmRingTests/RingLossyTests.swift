@@ -248,13 +248,19 @@ import Glibc
         #expect(try pollChecked(holder).count == published)
     }
 
-    @Test func aCommittedRecordWithALengthThatCannotBeRightIsCorruptedForBothPolicies() throws {
+    /// A 4 KiB ring with a gating and a lossy consumer, and two 64-byte records (at 0 and 64).
+    func twoRecordsForBothPolicies() throws -> (RingProducer, gating: RingConsumer, lossy: RingConsumer) {
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
         let gating = try RingConsumer(key: key)
         let lossy = try RingConsumer(key: key, policy: .lossy)
         try producer.publish(message(0))
         try producer.publish(message(1))
+        return (producer, gating, lossy)
+    }
+
+    @Test func aCommittedRecordWithALengthThatCannotBeRightIsCorruptedForBothPolicies() throws {
+        let (producer, gating, lossy) = try twoRecordsForBothPolicies()
         // The second record (at 64) claims more bytes than the ring allows, under a commit word
         // that matches it (a hostile producer can write both).
         (producer.view.data + 64 + RingLayout.Record.length).storeBytes(of: UInt32.max, as: UInt32.self)
@@ -278,12 +284,7 @@ import Glibc
     /// is never handed out. A gating consumer waiting for it is told (`.corrupted`, once the
     /// producer's tail shows it was committed long ago) instead of waiting for ever.
     @Test func aRewrittenLengthIsNeverFollowedAndAStrandedGatingConsumerIsTold() throws {
-        let key = uniqueKey()
-        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
-        let gating = try RingConsumer(key: key)
-        let lossy = try RingConsumer(key: key, policy: .lossy)
-        try producer.publish(message(0))
-        try producer.publish(message(1))
+        let (producer, gating, lossy) = try twoRecordsForBothPolicies()
         (producer.view.data + 64 + RingLayout.Record.length).storeBytes(of: UInt32(16), as: UInt32.self)
         #expect(try pollChecked(lossy).count == 1)
         #expect(try pollChecked(lossy).count == 0)

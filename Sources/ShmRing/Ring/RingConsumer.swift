@@ -445,36 +445,27 @@ public final class RingConsumer {
             state.pointee.deliveredBytes &+= bytes
             if position != state.pointee.publishedCursor { publishCursor(position) }
         }
-        while count < limit {
-            let offset = Int(position & view.mask)
-            let base = view.data + offset
-            // Acquire: the record's header and payload are visible once its commit word is.
-            // Partner: the producer's release store of the commit word (or of a batch's first).
-            let word = CShmAtomics_u64_load_acquire(base.assumingMemoryBound(to: UInt64.self)) ^ view.salt
-            // The commit word must name this sequence *and* this header (CShmRing_record_shape).
-            let (length32, type) = view.recordHeader(at: offset)
-            if word != sequence ^ CShmRing_record_shape(length32, type) {
-                guard word == sequence | RingLayout.paddingFlag else {
-                    // Not committed yet. Now and then, when nothing came at all, make sure it is
-                    // not a record that can never come (a header rewritten under this consumer).
-                    if count == 0 {
-                        state.pointee.emptyPolls &+= 1
-                        if state.pointee.emptyPolls & 4095 == 0 { try checkNotStranded(position, sequence) }
-                    }
-                    break
+        reading: while count < limit {
+            let (length, size, type): (Int, Int, UInt32)
+            switch view.record(at: position, sequence: sequence) {
+            case .committed(let committedLength, let committedSize, let committedType):
+                (length, size, type) = (committedLength, committedSize, committedType)
+            case .padding:
+                position &+= UInt64(view.capacity) &- (position & view.mask)
+                continue reading
+            case .absent:
+                // Not committed yet. Now and then, when nothing came at all, make sure it is not a
+                // record that can never come (a header rewritten under this consumer).
+                if count == 0 {
+                    state.pointee.emptyPolls &+= 1
+                    if state.pointee.emptyPolls & 4095 == 0 { try checkNotStranded(position, sequence) }
                 }
-                // Padding: the rest of the lap is empty. Never at a lap's start (that would send
-                // this loop round the lap for ever).
-                guard offset != 0 else { throw corruptedRecord(length: 0, position: position) }
-                position &+= UInt64(view.capacity - offset)
-                continue
-            }
-            let length = Int(length32)
-            let size = view.recordSize(length)
-            guard length <= view.maxMessageLength, offset + size <= view.capacity else {
+                break reading
+            case .malformed(let length):
                 throw corruptedRecord(length: length, position: position)
             }
-            let payload = UnsafeRawBufferPointer(start: base + RingLayout.recordHeaderSize, count: length)
+            let payload = UnsafeRawBufferPointer(
+                start: view.data + (Int(position & view.mask) &+ RingLayout.recordHeaderSize), count: length)
             let action = handler(
                 RawSpan(_unsafeBytes: payload), RingRecordInfo(sequence: sequence, position: position, type: type))
             if action == .leave { break }
@@ -598,31 +589,23 @@ public final class RingConsumer {
             var malformed: (length: Int, position: UInt64)?
             var stoppedByVisitor = false
             var leftByVisitor = false
-            while count < maximum {
-                let offset = Int(position & view.mask)
-                let base = view.data + offset
-                // Acquire: the record's header and payload were stored before its commit word.
-                // Partner: the producer's release store of the commit word.
-                let word = CShmAtomics_u64_load_acquire(base.assumingMemoryBound(to: UInt64.self)) ^ view.salt
-                // Read once (the producer may be rewriting them: validated below); the commit word
-                // must name this sequence and this header.
-                let (length32, type) = view.recordHeader(at: offset)
-                if word != sequence ^ CShmRing_record_shape(length32, type) {
-                    // Not committed yet, or overwritten (the tail intent below tells which).
-                    guard word == sequence | RingLayout.paddingFlag else { break }
-                    guard offset != 0 else {
-                        malformed = (0, position)
-                        break
-                    }
-                    position &+= capacity &- UInt64(offset)
-                    continue
-                }
-                let length = Int(length32)
-                let size = view.recordSize(length)
-                guard length <= view.maxMessageLength, offset &+ size <= view.capacity else {
+            reading: while count < maximum {
+                // What the producer may be rewriting at this moment is validated below, once for
+                // the batch (the tail intent).
+                let (length, size, type): (Int, Int, UInt32)
+                switch view.record(at: position, sequence: sequence) {
+                case .committed(let committedLength, let committedSize, let committedType):
+                    (length, size, type) = (committedLength, committedSize, committedType)
+                case .padding:
+                    position &+= capacity &- (position & view.mask)
+                    continue reading
+                case .absent:
+                    break reading  // not committed yet, or overwritten: the tail intent tells which
+                case .malformed(let length):
                     malformed = (length, position)
-                    break
+                    break reading
                 }
+                let base = view.data + Int(position & view.mask)
                 let record = GatheredRecord(
                     position: position, sequence: sequence, length: length, type: type, copy: used)
                 if copying {
@@ -636,7 +619,7 @@ public final class RingConsumer {
                         UnsafeRawBufferPointer(start: base + RingLayout.recordHeaderSize, count: length), record)
                     if action == .leave {
                         leftByVisitor = true
-                        break
+                        break reading
                     }
                     stoppedByVisitor = action == .stop
                 }
@@ -644,7 +627,7 @@ public final class RingConsumer {
                 count += 1
                 position &+= UInt64(size)
                 sequence = (sequence &+ 1) & RingLayout.sequenceMask
-                if stoppedByVisitor { break }
+                if stoppedByVisitor { break reading }
             }
             // Acquire fence: every load above (commit words, headers, copies) happens before the
             // tail intent is read. Partner: the producer's release fence after its tail-intent
@@ -669,6 +652,7 @@ public final class RingConsumer {
                 first < count
                 ? (position: records[first].position, sequence: records[first].sequence)
                 : oldestBoundary(notBefore: oldest, tail: try readTail())
+            // Relaxed: diagnostics for tests (where the resumption point stood), ordered by nothing.
             state.pointee.lastLapFloor = (
                 oldest, CShmAtomics_u64_load_relaxed(view.word(RingLayout.Producer.tailIntent)) &- capacity
             )
@@ -716,12 +700,7 @@ public final class RingConsumer {
         guard ahead > 0, ahead < 1 << 62 else { return }
         // The record was committed before the tail that counts it was published (the commit's
         // release, then the tail's seqlock; readSnapshot's acquire): read the word again.
-        let offset = Int(position & view.mask)
-        let word =
-            CShmAtomics_u64_load_acquire((view.data + offset).assumingMemoryBound(to: UInt64.self)) ^ view.salt
-        let header = view.recordHeader(at: offset)
-        let shape = CShmRing_record_shape(header.length, header.type)
-        guard word != sequence ^ shape, word != sequence | RingLayout.paddingFlag else { return }
+        guard view.record(at: position, sequence: sequence) == .absent else { return }
         throw RingError(
             .corrupted, key: key,
             "the record at position \(position) does not carry sequence \(sequence), though the producer's tail is "

@@ -48,7 +48,9 @@ struct ProducerState {
     /// The last eviction: slot, the producer's position, the cursor, the published tail (for
     /// diagnostics: `lastEviction`).
     @usableFromInline var lastEviction:
-        (slot: Int, position: UInt64, cursor: UInt64, tail: UInt64, sequence: UInt64, intent: UInt64) = (0, 0, 0, 0, 0, 0)
+        (slot: Int, position: UInt64, cursor: UInt64, tail: UInt64, sequence: UInt64, intent: UInt64) = (
+            0, 0, 0, 0, 0, 0
+        )
 }
 
 /// One look at a consumer slot from the producer's side.

@@ -4,6 +4,20 @@ import CShmAtomics
 import Glibc
 #endif
 
+/// What lies at a position for a reader that expects a given sequence there (`RingView.record`).
+@usableFromInline @frozen
+enum RecordAt: Equatable {
+    /// That record, committed: its payload length, its size in the ring, its type tag.
+    case committed(length: Int, size: Int, type: UInt32)
+    /// Padding for that record: the rest of the lap is empty, the record starts the next lap.
+    case padding
+    /// Nothing with that sequence yet (or, for a lossy reader, overwritten: its validation tells).
+    case absent
+    /// Committed, but it cannot be right: a length beyond the maximum or the end of the lap, or
+    /// padding at a lap's start (which would send a reader round the lap for ever).
+    case malformed(length: Int)
+}
+
 /// The ring's memory as seen by one process: where the header and the data are, and the
 /// configuration values copied out of the (validated) header. A plain value of constants, so that
 /// the hot paths read no shared word for them.
@@ -54,6 +68,26 @@ struct RingView {
             CShmAtomics_u32_load_relaxed((base + RingLayout.Record.length).assumingMemoryBound(to: UInt32.self)),
             CShmAtomics_u32_load_relaxed((base + RingLayout.Record.type).assumingMemoryBound(to: UInt32.self))
         )
+    }
+
+    /// Reads the record a consumer expects at `position` — the commit word once (acquire), the
+    /// header once — and checks it: the one place every poll decides what it is looking at.
+    @inlinable @inline(__always)
+    func record(at position: UInt64, sequence: UInt64) -> RecordAt {
+        let offset = Int(position & mask)
+        // Acquire: the record's header and payload are visible once its commit word is. Partner:
+        // the producer's release store of the commit word (or of a batch's first).
+        let word = CShmAtomics_u64_load_acquire((data + offset).assumingMemoryBound(to: UInt64.self)) ^ salt
+        // The commit word must name this sequence *and* this header (CShmRing_record_shape).
+        let (length32, type) = recordHeader(at: offset)
+        if word == sequence ^ CShmRing_record_shape(length32, type) {
+            let length = Int(length32)
+            let size = recordSize(length)
+            guard length <= maxMessageLength, offset &+ size <= capacity else { return .malformed(length: length) }
+            return .committed(length: length, size: size, type: type)
+        }
+        guard word == sequence | RingLayout.paddingFlag else { return .absent }
+        return offset == 0 ? .malformed(length: 0) : .padding
     }
 
     /// The commit word of a padding record that precedes the record with `sequence`.
