@@ -29,8 +29,8 @@ enum RingFuzz {
         let done = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
         done.initialize(to: 0)
         let mutator = Mutator(
-            header: UInt(bitPattern: producer.headerForFuzzing), capacity: producer.capacity,
-            slots: (0..<configuration.maxConsumers).map { UInt(bitPattern: producer.slotPageForFuzzing($0)) },
+            header: UInt(bitPattern: producer.headerForTests), capacity: producer.capacity,
+            slots: (0..<configuration.maxConsumers).map { UInt(bitPattern: producer.slotPageForTests($0)) },
             seed: seed)
         PeerRuntime.report("seed=\(seed)")
         PeerRuntime.ready("created")

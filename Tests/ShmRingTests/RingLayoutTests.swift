@@ -67,7 +67,7 @@ import Testing
         #expect(Int(CSHMRING_BOUNDARY_ENTRIES) == RingLayout.boundaryEntries)
         #expect(CSHMRING_MAGIC == RingLayout.magic)
         #expect(CSHMRING_LAYOUT_VERSION == RingLayout.version)
-        #expect(CSHMRING_PADDING_FLAG == RingLayout.paddingFlag)
+        #expect(CSHMRING_SEQUENCE_MASK == RingLayout.sequenceMask)
     }
 
     @Test func theRecordAndSlotMatch() {

@@ -40,12 +40,10 @@ static void ring_init(ring *r, char *memory, CShmRing_slot *slot, uint32_t align
     __atomic_store_n(&slot->active, 1, __ATOMIC_SEQ_CST);
 }
 
-static inline uint64_t padding_word(ring *r, uint64_t sequence) {
-    return ((sequence & CSHMRING_SEQUENCE_MASK) | CSHMRING_PADDING_FLAG) ^ r->salt;
-}
+static inline uint64_t padding_word(ring *r, uint64_t sequence) { return CShmRing_padding_word(sequence, r->salt); }
 
 static inline uint64_t record_word(ring *r, uint64_t sequence, uint32_t length, uint32_t type) {
-    return (sequence & CSHMRING_SEQUENCE_MASK) ^ r->salt ^ CShmRing_record_shape(length, type);
+    return CShmRing_record_word(sequence, r->salt, length, type);
 }
 
 static inline uint64_t record_size(ring *r, uint64_t length) {
@@ -129,10 +127,13 @@ static inline int publish_in(ring *r, const void *bytes, uint32_t length, uint64
         r->position = position;
     }
     char *base = r->data + (position & r->mask);
+    // Every word whole, as ShmRing: the payload's last partial word is zeroed first, and length
+    // and type go in as one word.
+    if (length & 7) __atomic_store_n((uint64_t *)(base + CSHMRING_RECORD_HEADER + (length & ~7u)), 0, __ATOMIC_RELAXED);
     memcpy(base + CSHMRING_RECORD_HEADER, bytes, length);
     CShmRing_record *record = (CShmRing_record *)base;
-    record->length = length;
-    record->type = 0;
+    uint64_t header = (uint64_t)length;  // type 0 in the high half (x86-64: little-endian)
+    __atomic_store_n((uint64_t *)&record->length, header, __ATOMIC_RELAXED);
     if (first == NULL) {
         __atomic_store_n(&record->commit, record_word(r, r->sequence, length, 0), __ATOMIC_RELEASE);
     } else if (*first == NULL) {
@@ -176,11 +177,11 @@ static inline uint64_t poll(ring *r, uint64_t limit, uint64_t *sum) {
     while (count < limit) {
         uint64_t offset = position & r->mask;
         char *base = r->data + offset;
-        uint64_t word = __atomic_load_n((uint64_t *)base, __ATOMIC_ACQUIRE) ^ r->salt;
-        uint32_t length = __atomic_load_n(&((CShmRing_record *)base)->length, __ATOMIC_RELAXED);
-        uint32_t type = __atomic_load_n(&((CShmRing_record *)base)->type, __ATOMIC_RELAXED);
-        if (word != (sequence ^ CShmRing_record_shape(length, type))) {
-            if (word != (sequence | CSHMRING_PADDING_FLAG)) break;
+        uint64_t rest = __atomic_load_n((uint64_t *)base, __ATOMIC_ACQUIRE) ^ CShmRing_sequence_mix(sequence ^ r->salt);
+        uint64_t header = __atomic_load_n((uint64_t *)&((CShmRing_record *)base)->length, __ATOMIC_RELAXED);
+        uint32_t length = (uint32_t)header, type = (uint32_t)(header >> 32);
+        if (rest != CShmRing_record_shape(length, type)) {
+            if (rest != CSHMRING_PADDING_SHAPE) break;
             position += CAPACITY - offset;
             continue;
         }

@@ -1,4 +1,4 @@
-// CShmRingLayout: the ring's shared-memory layout, version 2, as C structs.
+// CShmRingLayout: the ring's shared-memory layout, version 3, as C structs.
 //
 // This is the C mirror of Swift's `RingLayout` (Sources/ShmRing/Ring/RingLayout.swift), which
 // holds every offset the library uses; a test compares the two field by field, and the
@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #define CSHMRING_MAGIC 0x31474e49524d4853ULL  // "SHMRING1" little-endian
-#define CSHMRING_LAYOUT_VERSION 2u
+#define CSHMRING_LAYOUT_VERSION 3u
 #define CSHMRING_ENDIANNESS_MARK 0x01020304u
 #define CSHMRING_LINE 64u
 /// Two cache lines: a group of fields is padded to 128 bytes (adjacent-line prefetch).
@@ -21,20 +21,57 @@
 #define CSHMRING_DATA_OFFSET 4096u
 #define CSHMRING_BOUNDARY_ENTRIES 16u
 #define CSHMRING_RECORD_HEADER 16u
-/// Set in a commit word's sequence half for a padding record (the rest of the lap is empty).
-#define CSHMRING_PADDING_FLAG 0x8000000000000000ULL
+/// Sequence numbers are 63 bits wide (they wrap at 2^63).
 #define CSHMRING_SEQUENCE_MASK 0x7fffffffffffffffULL
 /// A slot's notice bits: demoted to lossy, evicted.
 #define CSHMRING_NOTICE_DEMOTED 1ULL
 #define CSHMRING_NOTICE_EVICTED 2ULL
 
-/// What a record's commit word mixes in besides its sequence and the salt: its length and type
-/// (a multiplicative hash, bit 63 clear so that a record's word never reads as padding). A header
-/// from another lap, or one being rewritten, then never passes for the record's own.
-///   record:  commit = sequence ^ salt ^ CShmRing_record_shape(length, type)
-///   padding: commit = (sequence | CSHMRING_PADDING_FLAG) ^ salt
+/// Commit words (docs/layout.md, "Records"). A reader judges a record by one 8-byte word, so the
+/// word must not be forgeable by what the ring holds from earlier laps:
+///
+///   record:  commit = CShmRing_sequence_mix(sequence ^ salt) ^ CShmRing_record_shape(length, type)
+///   padding: commit = CShmRing_sequence_mix(sequence ^ salt) ^ CSHMRING_PADDING_SHAPE
+///
+/// - Every bit of the word depends on every bit of the sequence (a bijective mix): the words of
+///   two records a few sequence numbers apart differ in about half of their 64 bits, not only in
+///   their low bits. A word whose low bytes were overwritten by a later payload therefore matches
+///   an expected word only if its surviving high bytes do, about 2^-8 per surviving byte, whoever
+///   wrote the low bytes (layout 2 XORed the plain sequence: old and expected words two laps apart
+///   shared their high 56 bits, and one payload byte in 256 forged a commit). The producer also
+///   writes every word a reader may interpret whole (RingProducer: the payload's last word is
+///   zeroed before it is copied), so such hybrids do not arise from the library's own writes.
+/// - The salt is random per ring and goes in before the mix, so which sequences' words resemble
+///   each other differs from ring to ring, and payload bytes cannot predict a word.
+/// - The shape binds the record's own header (length, type) to the word: a header of another lap
+///   never passes under it. Its bit 63 is clear and the padding shape's is set, so a record and a
+///   padding record of the same sequence differ.
+
+/// A bijective 64-bit mix (the SplitMix64 finalizer, Stafford's variant 13): every output bit
+/// depends on every input bit.
+static inline __attribute__((always_inline)) uint64_t CShmRing_sequence_mix(uint64_t value) {
+    value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    value = (value ^ (value >> 27)) * 0x94D049BB133111EBULL;
+    return value ^ (value >> 31);
+}
+
+/// A record's length and type as a word (a multiplicative hash, bit 63 clear).
 static inline __attribute__((always_inline)) uint64_t CShmRing_record_shape(uint32_t length, uint32_t type) {
     return ((((uint64_t)type << 32) | length) * 0x9E3779B97F4A7C15ULL) >> 1;
+}
+
+/// What a padding record mixes in instead of a shape (bit 63 set: never a record's shape).
+#define CSHMRING_PADDING_SHAPE 0xD6E8FEB86659FD93ULL
+
+/// The commit word of the record with `sequence`, `length` and `type` in a ring with `salt`.
+static inline __attribute__((always_inline)) uint64_t CShmRing_record_word(
+    uint64_t sequence, uint64_t salt, uint32_t length, uint32_t type) {
+    return CShmRing_sequence_mix((sequence & CSHMRING_SEQUENCE_MASK) ^ salt) ^ CShmRing_record_shape(length, type);
+}
+
+/// The commit word of a padding record that precedes the record with `sequence`.
+static inline __attribute__((always_inline)) uint64_t CShmRing_padding_word(uint64_t sequence, uint64_t salt) {
+    return CShmRing_sequence_mix((sequence & CSHMRING_SEQUENCE_MASK) ^ salt) ^ CSHMRING_PADDING_SHAPE;
 }
 
 /// Written once by the creator before any consumer can attach; read by everyone.
@@ -112,7 +149,8 @@ typedef struct {
 } CShmRing_header;
 
 /// A record's header in the data region; the payload follows, the record is padded to the
-/// ring's alignment. `commit` is written last (release): see CShmRing_record_shape.
+/// ring's alignment. `commit` is written last (release): see CShmRing_record_word. `length` and
+/// `type` are written together, as one 8-byte store.
 typedef struct {
     uint64_t commit;
     uint32_t length;

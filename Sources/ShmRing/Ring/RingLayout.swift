@@ -1,11 +1,11 @@
-/// Every offset and size of the ring's shared memory, layout version 2 (docs/layout.md).
+/// Every offset and size of the ring's shared memory, layout version 3 (docs/layout.md).
 ///
 /// The one place the library takes offsets from. `CShmRingLayout.h` mirrors it as C structs with
 /// `_Static_assert`s, and `RingLayoutTests` compares the two field by field.
 @usableFromInline
 enum RingLayout {
     @usableFromInline static let magic: UInt64 = 0x3147_4e49_524d_4853  // "SHMRING1"
-    @usableFromInline static let version: UInt32 = 2
+    @usableFromInline static let version: UInt32 = 3
     @usableFromInline static let endiannessMark: UInt32 = 0x0102_0304
     @usableFromInline static let cacheLine = 64
     /// Fields written by one party are grouped in 128 bytes (two lines: adjacent-line prefetch).
@@ -14,7 +14,6 @@ enum RingLayout {
     @usableFromInline static let dataOffset = 4096
     @usableFromInline static let boundaryEntries = 16
     @usableFromInline static let recordHeaderSize = 16
-    @usableFromInline static let paddingFlag: UInt64 = 1 << 63
     @usableFromInline static let sequenceMask: UInt64 = (1 << 63) - 1
     /// The size of a consumer slot's memfd.
     @usableFromInline static let slotSize = 4096

@@ -98,9 +98,10 @@ public final class RingProducer {
     /// publish outside a batch, the end of the record just published.
     public var position: UInt64 { state.pointee.position }
     /// The header memfd's mapping (configuration, producer line, counters, boundary index, data
-    /// at +4096) and the slot pages: for the fuzz test's mutator, which rewrites them at random.
-    package var headerForFuzzing: UnsafeMutableRawPointer { view.header }
-    package func slotPageForFuzzing(_ index: Int) -> UnsafeMutableRawPointer {
+    /// at +4096) and the slot pages: for tests that inspect or rewrite them (the fuzz test's
+    /// mutator, the stale-memory property test).
+    package var headerForTests: UnsafeMutableRawPointer { view.header }
+    package func slotPageForTests(_ index: Int) -> UnsafeMutableRawPointer {
         slotBase + index * RingLayout.slotSize
     }
 
@@ -299,8 +300,8 @@ public final class RingProducer {
     public func publish(_ bytes: UnsafeRawBufferPointer, type: UInt32 = 0) throws(RingError) -> PublishResult {
         guard let record = try reserve(length: bytes.count) else { return .backPressured }
         if bytes.count > 0 {
-            (view.data + (Int(record & view.mask) &+ RingLayout.recordHeaderSize))
-                .copyMemory(from: bytes.baseAddress.unsafelyUnwrapped, byteCount: bytes.count)
+            let payload = payloadStart(record, length: bytes.count)
+            payload.copyMemory(from: bytes.baseAddress.unsafelyUnwrapped, byteCount: bytes.count)
         }
         commit(record: record, length: bytes.count, type: type)
         return .published
@@ -324,7 +325,7 @@ public final class RingProducer {
     public func publish<T: BitwiseCopyable>(value: T, type: UInt32 = 0) throws(RingError) -> PublishResult {
         if state.pointee.verifiedType != ObjectIdentifier(T.self) { try verify(T.self) }
         guard let record = try reserve(length: MemoryLayout<T>.size) else { return .backPressured }
-        (view.data + Int(record & view.mask) + RingLayout.recordHeaderSize).storeBytes(of: value, as: T.self)
+        payloadStart(record, length: MemoryLayout<T>.size).storeBytes(of: value, as: T.self)
         commit(record: record, length: MemoryLayout<T>.size, type: type)
         return .published
     }
@@ -336,6 +337,11 @@ public final class RingProducer {
     /// record; if it throws, the record is dropped and the error rethrown. A claim (or publish)
     /// inside `body` is `.claimOutstanding`.
     ///
+    /// `body` should write every byte of the buffer: the buffer is the ring's memory as an earlier
+    /// lap left it (only its last 8-byte word, when `length` is not a multiple of 8, is zeroed
+    /// before `body` runs), and bytes left unwritten are published as they are. Whatever `body`
+    /// writes, or leaves, no consumer mistakes it for a record (docs/ring.md, "Stale memory").
+    ///
     /// - Returns: `.published` (also after `.abort`: nothing was back-pressured) or
     ///   `.backPressured`, in which case `body` did not run.
     @inlinable
@@ -346,8 +352,7 @@ public final class RingProducer {
         guard let record = try reserve(length: length) else { return .backPressured }
         state.pointee.busy = true
         defer { state.pointee.busy = state.pointee.closed }
-        let payload = UnsafeMutableRawBufferPointer(
-            start: view.data + Int(record & view.mask) + RingLayout.recordHeaderSize, count: length)
+        let payload = UnsafeMutableRawBufferPointer(start: payloadStart(record, length: length), count: length)
         let decision: ClaimDecision
         do {
             decision = try body(payload)
@@ -447,12 +452,36 @@ public final class RingProducer {
         return position
     }
 
+    /// Where the payload of the record reserved at `position` starts. When `length` is not a
+    /// multiple of 8, first zeroes the 8-byte word that will hold the payload's last bytes, with
+    /// one whole-word store: the payload is then written over it byte-wise (a copy, a typed
+    /// store, a claim's body) and must not leave the high bytes of an earlier lap's word behind.
+    /// (That word may have been an older record's commit word: half-overwritten, with the older
+    /// header behind it, it once passed for a later record's — docs/ring.md, "Stale memory".)
+    @inlinable @inline(__always)
+    func payloadStart(_ position: UInt64, length: Int) -> UnsafeMutableRawPointer {
+        let payload = view.data + (Int(position & view.mask) &+ RingLayout.recordHeaderSize)
+        if length & 7 != 0 {
+            // Relaxed atomic: one whole 8-byte store that the compiler can neither split nor
+            // merge with the copy that follows; it is published with the record (the commit's
+            // release). The word lies inside the record (records are padded to 8 bytes at least).
+            CShmAtomics_u64_store_relaxed((payload + (length & ~7)).assumingMemoryBound(to: UInt64.self), 0)
+        }
+        return payload
+    }
+
     /// Writes the record's header and commits it (or defers the commit inside a batch).
     @inlinable @inline(__always)
     func commit(record position: UInt64, length: Int, type: UInt32) {
         let base = view.data + Int(position & view.mask)
-        base.storeBytes(of: UInt32(truncatingIfNeeded: length), toByteOffset: RingLayout.Record.length, as: UInt32.self)
-        base.storeBytes(of: type, toByteOffset: RingLayout.Record.type, as: UInt32.self)
+        // Length and type as one whole word (length at +8, type at +12, as readers load them).
+        // Relaxed: published by the commit word's release store (or the batch's first).
+        var header: UInt64 = 0
+        withUnsafeMutableBytes(of: &header) { bytes in
+            bytes.storeBytes(of: UInt32(truncatingIfNeeded: length), as: UInt32.self)
+            bytes.storeBytes(of: type, toByteOffset: 4, as: UInt32.self)
+        }
+        CShmAtomics_u64_store_relaxed((base + RingLayout.Record.length).assumingMemoryBound(to: UInt64.self), header)
         let sequence = state.pointee.sequence
         let word = base.assumingMemoryBound(to: UInt64.self)
         let value = view.recordWord(sequence: sequence, length: UInt32(truncatingIfNeeded: length), type: type)

@@ -56,18 +56,22 @@ struct RingView {
         (header + offset).assumingMemoryBound(to: UInt32.self)
     }
 
-    /// The length and type of the record header at `offset` in the data region, each read once
-    /// (relaxed: the caller's acquire load of the commit word orders them). Within the last 16
-    /// bytes of a lap only padding can start (alignment 8 leaves room for its commit word alone):
-    /// there the header is not read, and reads as an impossible length.
+    /// The length and type of the record header at `offset` in the data region, read once, as
+    /// the one word the producer wrote them in (relaxed: the caller's acquire load of the commit
+    /// word orders it). Within the last 16 bytes of a lap only padding can start (alignment 8
+    /// leaves room for its commit word alone): there the header is not read, and reads as an
+    /// impossible length.
     @inlinable @inline(__always)
     func recordHeader(at offset: Int) -> (length: UInt32, type: UInt32) {
         guard offset &+ RingLayout.recordHeaderSize <= capacity else { return (UInt32.max, 0) }
-        let base = data + offset
-        return (
-            CShmAtomics_u32_load_relaxed((base + RingLayout.Record.length).assumingMemoryBound(to: UInt32.self)),
-            CShmAtomics_u32_load_relaxed((base + RingLayout.Record.type).assumingMemoryBound(to: UInt32.self))
-        )
+        let header = CShmAtomics_u64_load_relaxed(
+            (data + (offset &+ RingLayout.Record.length)).assumingMemoryBound(to: UInt64.self))
+        return withUnsafeBytes(of: header) { bytes in
+            (
+                bytes.load(fromByteOffset: RingLayout.Record.length - RingLayout.Record.length, as: UInt32.self),
+                bytes.load(fromByteOffset: RingLayout.Record.type - RingLayout.Record.length, as: UInt32.self)
+            )
+        }
     }
 
     /// Reads the record a consumer expects at `position` — the commit word once (acquire), the
@@ -77,31 +81,33 @@ struct RingView {
         let offset = Int(position & mask)
         // Acquire: the record's header and payload are visible once its commit word is. Partner:
         // the producer's release store of the commit word (or of a batch's first).
-        let word = CShmAtomics_u64_load_acquire((data + offset).assumingMemoryBound(to: UInt64.self)) ^ salt
+        let word = CShmAtomics_u64_load_acquire((data + offset).assumingMemoryBound(to: UInt64.self))
+        // What is left once this sequence's mix is taken out: the record's shape if the word is
+        // its commit word, the padding shape if it is its padding (CShmRing_record_word).
+        let rest = word ^ CShmRing_sequence_mix((sequence & RingLayout.sequenceMask) ^ salt)
         // The commit word must name this sequence *and* this header (CShmRing_record_shape).
         let (length32, type) = recordHeader(at: offset)
-        if word == sequence ^ CShmRing_record_shape(length32, type) {
+        if rest == CShmRing_record_shape(length32, type) {
             let length = Int(length32)
             let size = recordSize(length)
             guard length <= maxMessageLength, offset &+ size <= capacity else { return .malformed(length: length) }
             return .committed(length: length, size: size, type: type)
         }
-        guard word == sequence | RingLayout.paddingFlag else { return .absent }
+        guard rest == CSHMRING_PADDING_SHAPE else { return .absent }
         return offset == 0 ? .malformed(length: 0) : .padding
     }
 
     /// The commit word of a padding record that precedes the record with `sequence`.
     @inlinable @inline(__always)
-    func paddingWord(sequence: UInt64) -> UInt64 {
-        ((sequence & RingLayout.sequenceMask) | RingLayout.paddingFlag) ^ salt
-    }
+    func paddingWord(sequence: UInt64) -> UInt64 { CShmRing_padding_word(sequence, salt) }
 
     /// The commit word of the record with `sequence`, `length` and `type`: the sequence mixed
-    /// with the salt and the record's shape (CShmRing_record_shape), so that a commit word never
-    /// passes with a header that is not its own.
+    /// with the salt in all 64 bits, and the record's shape (CShmRing_record_word), so that
+    /// neither an older record's word, whole or partly overwritten, nor a header that is not the
+    /// record's own passes for it.
     @inlinable @inline(__always)
     func recordWord(sequence: UInt64, length: UInt32, type: UInt32) -> UInt64 {
-        (sequence & RingLayout.sequenceMask) ^ salt ^ CShmRing_record_shape(length, type)
+        CShmRing_record_word(sequence, salt, length, type)
     }
 
     /// The size of a record with `length` payload bytes.
