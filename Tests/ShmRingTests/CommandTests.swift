@@ -78,7 +78,7 @@ extension MultiProcess {
             }
             #expect(document["key"] as? String == key)
             #expect((document["segment_id"] as? String)?.count == 32)
-            #expect(document["layout_version"] as? Int == 2)
+            #expect(document["layout_version"] as? Int == Int(RingLayout.version))
             #expect(document["capacity"] as? Int == 65536)
             let producer = try #require(document["producer"] as? [String: Any])
             #expect(producer["pid"] as? Int == Int(publisher.pid))
