@@ -343,6 +343,35 @@ import Glibc
         #expect(infos.first.map { $0.missedMessages + UInt64(infos.count) } ?? 0 <= 1000)
     }
 
+    /// The loss is reported with the first message handed out even when the point where the
+    /// consumer resumed holds padding, so that the message starts the next lap (found by the
+    /// stale-memory property test: the in-place poll reported the loss only for a message at the
+    /// resumption point itself).
+    @Test func anInPlacePollReportsTheLossWhenItResumedAtPadding() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let consumer = try RingConsumer(key: key, policy: .lossy)
+        for index in 0..<63 { try producer.publish(message(UInt64(index))) }
+        #expect(producer.position == 4032)  // 64 bytes left in the lap
+        // A producer whose intent runs laps ahead: everything handed out is torn, and the
+        // consumer resumes at the tail (no boundary entry lies after the lap's floor).
+        let intent = producer.view.word(RingLayout.Producer.tailIntent)
+        CShmAtomics_u64_store_release(intent, CShmAtomics_u64_load_relaxed(intent) &+ 3 * 4096)
+        #expect(try consumer.pollInPlace { _, _ in .continue } == InPlacePollResult(handled: 63, torn: 63))
+        #expect(consumer.position == 4032 && consumer.lappedMessages == 63)
+        CShmAtomics_u64_store_release(intent, CShmAtomics_u64_load_relaxed(intent) &- 3 * 4096)
+        // The next record does not fit: padding at 4032, the record at the next lap's start.
+        try producer.publish([UInt8](repeating: 9, count: 100))
+        var infos: [RingRecordInfo] = []
+        let result = try consumer.pollInPlace { _, info in
+            infos.append(info)
+            return .continue
+        }
+        #expect(result == InPlacePollResult(handled: 1, torn: 0))
+        #expect(infos.first?.sequence == 63 && infos.first?.position == 4096)
+        #expect(infos.first?.missedMessages == 63 && infos.first?.missedBytes == 4032)
+    }
+
     /// A notice names the generation it is for: one written for another attachment of the slot
     /// (a producer that raced a new hand-out) is ignored.
     @Test func aNoticeForAnotherGenerationIsIgnored() throws {

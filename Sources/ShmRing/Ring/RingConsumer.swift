@@ -535,10 +535,14 @@ public final class RingConsumer {
             return InPlacePollResult(handled: try poll(limit: limit, handler), torn: 0)
         }
         defer { if state.pointee.position != state.pointee.publishedCursor { publishCursor(state.pointee.position) } }
+        var handedOut = false
         let batch = try gather(maximum: min(max(limit, 0), Self.batchLimit), copying: false) { payload, record in
-            // What was missed right before the first record of this attempt (gather may have
-            // resumed after a lap before handing anything out).
-            let first = record.position == state.pointee.position
+            // What was missed goes with the first record handed out (gather may have resumed
+            // after a lap before handing anything out; it hands out records in one attempt only).
+            // Not "the record at the consumer's position": a resumption point can hold padding,
+            // and the first record then starts the next lap.
+            let first = !handedOut
+            handedOut = true
             let info = RingRecordInfo(
                 sequence: record.sequence, position: record.position, type: record.type,
                 missedMessages: first ? state.pointee.pendingMissedMessages : 0,
