@@ -424,7 +424,7 @@ struct StaleWriter {
         self.scribble = scribble
         let header = producer.headerForTests
         data = header + Int(CSHMRING_DATA_OFFSET)
-        salt = header.load(fromByteOffset: MemoryLayout<CShmRing_config>.offset(of: \.salt)!, as: UInt64.self)
+        salt = header.load(fromByteOffset: Int(CSHMRING_OFFSET_SALT), as: UInt64.self)
         scratch = .allocate(byteCount: plan.maxLength + 8, alignment: 16)
         sequence = plan.initialSequence
         before = plan.initialPosition

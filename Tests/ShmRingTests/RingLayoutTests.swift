@@ -1,98 +1,102 @@
 import CShmAtomics
+import Foundation
 import Testing
 
 @testable import ShmRing
 
-/// The Swift layout type and the C mirror (CShmRingLayout.h) must agree on every offset.
+/// The layout has one source, CShmRingLayout.h; Swift names its constants, so the two cannot
+/// disagree. What can still drift is the page that draws it: every offset in docs/layout.md's
+/// tables is checked against the header here, and every field Swift uses must be in a table.
 @Suite struct RingLayoutTests {
-    func offset<T>(_ path: PartialKeyPath<T>) -> Int { MemoryLayout<T>.offset(of: path)! }
+    /// Each table of docs/layout.md, by its section's heading, and the header's offset of each
+    /// field (for the boundary index and records: within an entry, a record).
+    static let fields: [String: [String: Int]] = [
+        "Configuration": [
+            "magic": RingLayout.Config.magic, "layout_version": RingLayout.Config.layoutVersion,
+            "endianness": RingLayout.Config.endianness, "word_size": RingLayout.Config.wordSize,
+            "cache_line_size": RingLayout.Config.cacheLineSize, "capacity": RingLayout.Config.capacity,
+            "alignment": RingLayout.Config.alignment, "max_message_length": RingLayout.Config.maxMessageLength,
+            "max_consumers": RingLayout.Config.maxConsumers, "record_header_size": RingLayout.Config.recordHeaderSize,
+            "data_offset": RingLayout.Config.dataOffset, "segment_id_high": RingLayout.Config.segmentIDHigh,
+            "segment_id_low": RingLayout.Config.segmentIDLow, "salt": RingLayout.Config.salt,
+            "type_name_hash": RingLayout.Config.typeNameHash, "type_size": RingLayout.Config.typeSize,
+            "type_stride": RingLayout.Config.typeStride, "type_alignment": RingLayout.Config.typeAlignment,
+            "type_version": RingLayout.Config.typeVersion, "flags": RingLayout.Config.flags,
+            "producer_pid": RingLayout.Config.producerPID,
+        ],
+        "Producer line": [
+            "tail_intent": RingLayout.Producer.tailIntent, "tail_version": RingLayout.Producer.tailVersion,
+            "tail": RingLayout.Producer.tail, "tail_sequence": RingLayout.Producer.tailSequence,
+            "limit": RingLayout.Producer.limit, "epoch": RingLayout.Producer.epoch,
+            "wake_word": RingLayout.Producer.wakeWord,
+        ],
+        "Counters": [
+            "published_messages": RingLayout.Counters.publishedMessages,
+            "published_bytes": RingLayout.Counters.publishedBytes,
+            "back_pressure_events": RingLayout.Counters.backPressureEvents,
+            "demotions": RingLayout.Counters.demotions, "evictions": RingLayout.Counters.evictions,
+        ],
+        "Boundary index": [
+            "version": RingLayout.Boundary.version, "position": RingLayout.Boundary.position,
+            "sequence": RingLayout.Boundary.sequence,
+        ],
+        "Records": [
+            "commit": RingLayout.Record.commit, "length": RingLayout.Record.length, "type": RingLayout.Record.type,
+        ],
+        "Consumer slot": [
+            "cursor": RingLayout.Slot.cursor, "active": RingLayout.Slot.active, "policy": RingLayout.Slot.policy,
+            "pid": RingLayout.Slot.pid, "delivered": RingLayout.Slot.delivered,
+            "delivered_bytes": RingLayout.Slot.deliveredBytes, "lapped_messages": RingLayout.Slot.lappedMessages,
+            "lapped_bytes": RingLayout.Slot.lappedBytes, "joined": RingLayout.Slot.joined,
+            "lag_limit_bytes": RingLayout.Slot.lagLimitBytes,
+            "lag_limit_nanoseconds": RingLayout.Slot.lagLimitNanoseconds, "sleeping": RingLayout.Slot.sleeping,
+            "generation": RingLayout.Slot.generation, "notice": RingLayout.Slot.notice,
+        ],
+    ]
 
-    @Test func theConfigurationGroupMatches() {
-        typealias C = CShmRing_config
-        let pairs: [(String, Int, Int)] = [
-            ("magic", RingLayout.Config.magic, offset(\C.magic)),
-            ("layoutVersion", RingLayout.Config.layoutVersion, offset(\C.layout_version)),
-            ("endianness", RingLayout.Config.endianness, offset(\C.endianness)),
-            ("wordSize", RingLayout.Config.wordSize, offset(\C.word_size)),
-            ("cacheLineSize", RingLayout.Config.cacheLineSize, offset(\C.cache_line_size)),
-            ("capacity", RingLayout.Config.capacity, offset(\C.capacity)),
-            ("alignment", RingLayout.Config.alignment, offset(\C.alignment)),
-            ("maxMessageLength", RingLayout.Config.maxMessageLength, offset(\C.max_message_length)),
-            ("maxConsumers", RingLayout.Config.maxConsumers, offset(\C.max_consumers)),
-            ("recordHeaderSize", RingLayout.Config.recordHeaderSize, offset(\C.record_header_size)),
-            ("dataOffset", RingLayout.Config.dataOffset, offset(\C.data_offset)),
-            ("segmentIDHigh", RingLayout.Config.segmentIDHigh, offset(\C.segment_id_high)),
-            ("segmentIDLow", RingLayout.Config.segmentIDLow, offset(\C.segment_id_low)),
-            ("salt", RingLayout.Config.salt, offset(\C.salt)),
-            ("typeNameHash", RingLayout.Config.typeNameHash, offset(\C.type_name_hash)),
-            ("typeSize", RingLayout.Config.typeSize, offset(\C.type_size)),
-            ("typeStride", RingLayout.Config.typeStride, offset(\C.type_stride)),
-            ("typeAlignment", RingLayout.Config.typeAlignment, offset(\C.type_alignment)),
-            ("typeVersion", RingLayout.Config.typeVersion, offset(\C.type_version)),
-            ("flags", RingLayout.Config.flags, offset(\C.flags)),
-            ("producerPID", RingLayout.Config.producerPID, offset(\C.producer_pid)),
-        ]
-        for (name, swift, c) in pairs { #expect(swift == c, "config.\(name)") }
-        #expect(MemoryLayout<C>.size == RingLayout.group)
+    /// The rows `| offset | `field` | ...` of docs/layout.md, by section heading.
+    static func documentedOffsets() throws -> [String: [String: Int]] {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let text = try String(contentsOf: root.appendingPathComponent("docs/layout.md"), encoding: .utf8)
+        var tables: [String: [String: Int]] = [:]
+        var section = ""
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasPrefix("## ") {
+                section = fields.keys.first { line.dropFirst(3).hasPrefix($0) } ?? String(line.dropFirst(3))
+                continue
+            }
+            let cells = line.split(separator: "|", omittingEmptySubsequences: false).map {
+                $0.trimmingCharacters(in: .whitespaces)
+            }
+            guard cells.count > 3, let offset = Int(cells[1]), cells[2].hasPrefix("`"), cells[2].hasSuffix("`")
+            else { continue }
+            tables[section, default: [:]][String(cells[2].dropFirst().dropLast())] = offset
+        }
+        return tables
     }
 
-    @Test func theProducerCountersAndBoundaryGroupsMatch() {
-        typealias H = CShmRing_header
-        typealias P = CShmRing_producer
-        let producer = offset(\H.producer)
-        #expect(producer == RingLayout.Producer.base)
-        #expect(producer + offset(\P.tail_intent) == RingLayout.Producer.tailIntent)
-        #expect(producer + offset(\P.tail_version) == RingLayout.Producer.tailVersion)
-        #expect(producer + offset(\P.tail) == RingLayout.Producer.tail)
-        #expect(producer + offset(\P.tail_sequence) == RingLayout.Producer.tailSequence)
-        #expect(producer + offset(\P.limit) == RingLayout.Producer.limit)
-        #expect(producer + offset(\P.epoch) == RingLayout.Producer.epoch)
-        #expect(producer + offset(\P.wake_word) == RingLayout.Producer.wakeWord)
-        typealias K = CShmRing_counters
-        let counters = offset(\H.counters)
-        #expect(counters == RingLayout.Counters.base)
-        #expect(counters + offset(\K.published_messages) == RingLayout.Counters.publishedMessages)
-        #expect(counters + offset(\K.published_bytes) == RingLayout.Counters.publishedBytes)
-        #expect(counters + offset(\K.back_pressure_events) == RingLayout.Counters.backPressureEvents)
-        #expect(counters + offset(\K.demotions) == RingLayout.Counters.demotions)
-        #expect(counters + offset(\K.evictions) == RingLayout.Counters.evictions)
-        typealias B = CShmRing_boundary
-        #expect(offset(\H.boundaries) == RingLayout.Boundary.base)
-        #expect(MemoryLayout<B>.stride == RingLayout.Boundary.stride)
-        #expect(offset(\B.version) == RingLayout.Boundary.version)
-        #expect(offset(\B.position) == RingLayout.Boundary.position)
-        #expect(offset(\B.sequence) == RingLayout.Boundary.sequence)
-        #expect(MemoryLayout<H>.size <= RingLayout.dataOffset)
-        #expect(Int(CSHMRING_DATA_OFFSET) == RingLayout.dataOffset)
-        #expect(Int(CSHMRING_BOUNDARY_ENTRIES) == RingLayout.boundaryEntries)
-        #expect(CSHMRING_MAGIC == RingLayout.magic)
-        #expect(CSHMRING_LAYOUT_VERSION == RingLayout.version)
-        #expect(CSHMRING_SEQUENCE_MASK == RingLayout.sequenceMask)
+    @Test func everyOffsetOnTheLayoutPageIsTheHeaders() throws {
+        let documented = try Self.documentedOffsets()
+        for (section, expected) in Self.fields {
+            let table = documented[section] ?? [:]
+            #expect(!table.isEmpty, "docs/layout.md has no table under \"\(section)\"")
+            for (field, offset) in expected {
+                #expect(table[field] == offset, "\(section): `\(field)` is at \(offset) in CShmRingLayout.h")
+            }
+            for field in table.keys where expected[field] == nil {
+                Issue.record("\(section): docs/layout.md documents `\(field)`, which the header does not have")
+            }
+        }
     }
 
-    @Test func theRecordAndSlotMatch() {
-        typealias R = CShmRing_record
-        #expect(MemoryLayout<R>.size == RingLayout.recordHeaderSize)
-        #expect(offset(\R.commit) == RingLayout.Record.commit)
-        #expect(offset(\R.length) == RingLayout.Record.length)
-        #expect(offset(\R.type) == RingLayout.Record.type)
-        typealias S = CShmRing_slot
-        #expect(offset(\S.cursor) == RingLayout.Slot.cursor)
-        #expect(offset(\S.active) == RingLayout.Slot.active)
-        #expect(offset(\S.policy) == RingLayout.Slot.policy)
-        #expect(offset(\S.pid) == RingLayout.Slot.pid)
-        #expect(offset(\S.delivered) == RingLayout.Slot.delivered)
-        #expect(offset(\S.delivered_bytes) == RingLayout.Slot.deliveredBytes)
-        #expect(offset(\S.lapped_messages) == RingLayout.Slot.lappedMessages)
-        #expect(offset(\S.lapped_bytes) == RingLayout.Slot.lappedBytes)
-        #expect(offset(\S.joined) == RingLayout.Slot.joined)
-        #expect(offset(\S.lag_limit_bytes) == RingLayout.Slot.lagLimitBytes)
-        #expect(offset(\S.lag_limit_nanoseconds) == RingLayout.Slot.lagLimitNanoseconds)
-        #expect(offset(\S.sleeping) == RingLayout.Slot.sleeping)
-        #expect(offset(\S.generation) == RingLayout.Slot.generation)
-        #expect(offset(\S.notice) == RingLayout.Slot.notice)
-        #expect(CSHMRING_NOTICE_DEMOTED == RingLayout.noticeDemoted)
-        #expect(CSHMRING_NOTICE_EVICTED == RingLayout.noticeEvicted)
-        #expect(MemoryLayout<S>.size <= RingLayout.slotSize)
+    /// What the producer and the readers rely on beyond the offsets.
+    @Test func theLayoutKeepsItsPromises() {
+        #expect(RingLayout.Producer.tailIntent % RingLayout.group == 0, "the producer line starts a group")
+        #expect(RingLayout.Counters.publishedMessages % RingLayout.group == 0, "the counters start a group")
+        #expect(RingLayout.Slot.sleeping % RingLayout.group == 0 && RingLayout.Slot.generation % RingLayout.group == 0)
+        #expect(RingLayout.Record.length == 8 && RingLayout.Record.type == 12, "length and type form one word")
+        #expect(RingLayout.Boundary.base + RingLayout.boundaryEntries * RingLayout.Boundary.stride <= RingLayout.dataOffset)
+        #expect(RingLayout.flagRefusesGating == 1)
     }
 }

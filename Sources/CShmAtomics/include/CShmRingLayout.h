@@ -1,9 +1,9 @@
 // CShmRingLayout: the ring's shared-memory layout, version 3, as C structs.
 //
-// This is the C mirror of Swift's `RingLayout` (Sources/ShmRing/Ring/RingLayout.swift), which
-// holds every offset the library uses; a test compares the two field by field, and the
-// _Static_asserts below pin the C side. docs/layout.md draws it. The perf/ C twin of the ring
-// includes this header, so the twin and ShmRing share one record format by construction.
+// The one source of the layout: the structs, their _Static_asserts, the commit-word functions, and
+// the enum of offsets that Swift's `RingLayout` (Sources/ShmRing/Ring/RingLayout.swift) takes
+// every offset from. docs/layout.md draws it. The perf/ C twin of the ring includes this header,
+// so the twin and ShmRing share one record format by construction.
 //
 // Fields are grouped by writer: a cache-line group is written by one party only.
 #ifndef CSHMRINGLAYOUT_H
@@ -23,6 +23,10 @@
 #define CSHMRING_RECORD_HEADER 16u
 /// Sequence numbers are 63 bits wide (they wrap at 2^63).
 #define CSHMRING_SEQUENCE_MASK 0x7fffffffffffffffULL
+/// Config flags: the producer refuses gating consumers.
+#define CSHMRING_FLAG_REFUSES_GATING 1u
+/// The size of a consumer slot's memfd (one page: CShmRing_slot fits in it).
+#define CSHMRING_SLOT_PAGE 4096u
 /// A slot's notice bits: demoted to lossy, evicted.
 #define CSHMRING_NOTICE_DEMOTED 1ULL
 #define CSHMRING_NOTICE_EVICTED 2ULL
@@ -189,6 +193,69 @@ typedef struct {
     uint8_t reserved2[CSHMRING_GROUP - 16];
 } CShmRing_slot;
 
+/// Every offset the library uses, from the structs above: Swift takes them from here
+/// (`RingLayout` names them), so no offset is ever written down twice.
+enum {
+    // The header memfd.
+    CSHMRING_OFFSET_MAGIC = offsetof(CShmRing_header, config.magic),
+    CSHMRING_OFFSET_LAYOUT_VERSION = offsetof(CShmRing_header, config.layout_version),
+    CSHMRING_OFFSET_ENDIANNESS = offsetof(CShmRing_header, config.endianness),
+    CSHMRING_OFFSET_WORD_SIZE = offsetof(CShmRing_header, config.word_size),
+    CSHMRING_OFFSET_CACHE_LINE_SIZE = offsetof(CShmRing_header, config.cache_line_size),
+    CSHMRING_OFFSET_CAPACITY = offsetof(CShmRing_header, config.capacity),
+    CSHMRING_OFFSET_ALIGNMENT = offsetof(CShmRing_header, config.alignment),
+    CSHMRING_OFFSET_MAX_MESSAGE_LENGTH = offsetof(CShmRing_header, config.max_message_length),
+    CSHMRING_OFFSET_MAX_CONSUMERS = offsetof(CShmRing_header, config.max_consumers),
+    CSHMRING_OFFSET_RECORD_HEADER_SIZE = offsetof(CShmRing_header, config.record_header_size),
+    CSHMRING_OFFSET_DATA_OFFSET = offsetof(CShmRing_header, config.data_offset),
+    CSHMRING_OFFSET_SEGMENT_ID_HIGH = offsetof(CShmRing_header, config.segment_id_high),
+    CSHMRING_OFFSET_SEGMENT_ID_LOW = offsetof(CShmRing_header, config.segment_id_low),
+    CSHMRING_OFFSET_SALT = offsetof(CShmRing_header, config.salt),
+    CSHMRING_OFFSET_TYPE_NAME_HASH = offsetof(CShmRing_header, config.type_name_hash),
+    CSHMRING_OFFSET_TYPE_SIZE = offsetof(CShmRing_header, config.type_size),
+    CSHMRING_OFFSET_TYPE_STRIDE = offsetof(CShmRing_header, config.type_stride),
+    CSHMRING_OFFSET_TYPE_ALIGNMENT = offsetof(CShmRing_header, config.type_alignment),
+    CSHMRING_OFFSET_TYPE_VERSION = offsetof(CShmRing_header, config.type_version),
+    CSHMRING_OFFSET_FLAGS = offsetof(CShmRing_header, config.flags),
+    CSHMRING_OFFSET_PRODUCER_PID = offsetof(CShmRing_header, config.producer_pid),
+    CSHMRING_OFFSET_TAIL_INTENT = offsetof(CShmRing_header, producer.tail_intent),
+    CSHMRING_OFFSET_TAIL_VERSION = offsetof(CShmRing_header, producer.tail_version),
+    CSHMRING_OFFSET_TAIL = offsetof(CShmRing_header, producer.tail),
+    CSHMRING_OFFSET_TAIL_SEQUENCE = offsetof(CShmRing_header, producer.tail_sequence),
+    CSHMRING_OFFSET_LIMIT = offsetof(CShmRing_header, producer.limit),
+    CSHMRING_OFFSET_EPOCH = offsetof(CShmRing_header, producer.epoch),
+    CSHMRING_OFFSET_WAKE_WORD = offsetof(CShmRing_header, producer.wake_word),
+    CSHMRING_OFFSET_PUBLISHED_MESSAGES = offsetof(CShmRing_header, counters.published_messages),
+    CSHMRING_OFFSET_PUBLISHED_BYTES = offsetof(CShmRing_header, counters.published_bytes),
+    CSHMRING_OFFSET_BACK_PRESSURE_EVENTS = offsetof(CShmRing_header, counters.back_pressure_events),
+    CSHMRING_OFFSET_DEMOTIONS = offsetof(CShmRing_header, counters.demotions),
+    CSHMRING_OFFSET_EVICTIONS = offsetof(CShmRing_header, counters.evictions),
+    CSHMRING_OFFSET_BOUNDARIES = offsetof(CShmRing_header, boundaries),
+    CSHMRING_BOUNDARY_STRIDE = sizeof(CShmRing_boundary),
+    CSHMRING_BOUNDARY_VERSION = offsetof(CShmRing_boundary, version),
+    CSHMRING_BOUNDARY_POSITION = offsetof(CShmRing_boundary, position),
+    CSHMRING_BOUNDARY_SEQUENCE = offsetof(CShmRing_boundary, sequence),
+    // A record, from its start.
+    CSHMRING_RECORD_COMMIT = offsetof(CShmRing_record, commit),
+    CSHMRING_RECORD_LENGTH = offsetof(CShmRing_record, length),
+    CSHMRING_RECORD_TYPE = offsetof(CShmRing_record, type),
+    // A consumer slot page.
+    CSHMRING_SLOT_CURSOR = offsetof(CShmRing_slot, cursor),
+    CSHMRING_SLOT_ACTIVE = offsetof(CShmRing_slot, active),
+    CSHMRING_SLOT_POLICY = offsetof(CShmRing_slot, policy),
+    CSHMRING_SLOT_PID = offsetof(CShmRing_slot, pid),
+    CSHMRING_SLOT_DELIVERED = offsetof(CShmRing_slot, delivered),
+    CSHMRING_SLOT_DELIVERED_BYTES = offsetof(CShmRing_slot, delivered_bytes),
+    CSHMRING_SLOT_LAPPED_MESSAGES = offsetof(CShmRing_slot, lapped_messages),
+    CSHMRING_SLOT_LAPPED_BYTES = offsetof(CShmRing_slot, lapped_bytes),
+    CSHMRING_SLOT_JOINED = offsetof(CShmRing_slot, joined),
+    CSHMRING_SLOT_LAG_LIMIT_BYTES = offsetof(CShmRing_slot, lag_limit_bytes),
+    CSHMRING_SLOT_LAG_LIMIT_NANOSECONDS = offsetof(CShmRing_slot, lag_limit_nanoseconds),
+    CSHMRING_SLOT_SLEEPING = offsetof(CShmRing_slot, sleeping),
+    CSHMRING_SLOT_GENERATION = offsetof(CShmRing_slot, generation),
+    CSHMRING_SLOT_NOTICE = offsetof(CShmRing_slot, notice),
+};
+
 _Static_assert(sizeof(CShmRing_config) == CSHMRING_GROUP, "config is one group");
 _Static_assert(offsetof(CShmRing_config, capacity) == 24, "capacity");
 _Static_assert(offsetof(CShmRing_config, salt) == 72, "salt");
@@ -203,5 +270,6 @@ _Static_assert(sizeof(CShmRing_record) == CSHMRING_RECORD_HEADER, "record header
 _Static_assert(offsetof(CShmRing_slot, sleeping) == 128, "sleeping line");
 _Static_assert(offsetof(CShmRing_slot, generation) == 256, "owner line");
 _Static_assert(sizeof(CShmRing_slot) == 3 * CSHMRING_GROUP, "slot");
+_Static_assert(sizeof(CShmRing_slot) <= CSHMRING_SLOT_PAGE, "a slot fits its page");
 
 #endif  // CSHMRINGLAYOUT_H

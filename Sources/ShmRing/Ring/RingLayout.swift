@@ -1,125 +1,128 @@
-/// Every offset and size of the ring's shared memory, layout version 3 (docs/layout.md).
+import CShmAtomics
+
+/// The ring's shared-memory layout (docs/layout.md), by name.
 ///
-/// The one place the library takes offsets from. `CShmRingLayout.h` mirrors it as C structs with
-/// `_Static_assert`s, and `RingLayoutTests` compares the two field by field.
+/// Every value comes from `CShmRingLayout.h`, the one source of the layout: its structs (pinned
+/// by `_Static_assert`s) and the enum of offsets derived from them with `offsetof`. Nothing here
+/// is a number of its own, so Swift, the C twin and the header cannot drift apart.
 @usableFromInline
 enum RingLayout {
-    @usableFromInline static let magic: UInt64 = 0x3147_4e49_524d_4853  // "SHMRING1"
-    @usableFromInline static let version: UInt32 = 3
-    @usableFromInline static let endiannessMark: UInt32 = 0x0102_0304
-    @usableFromInline static let cacheLine = 64
+    @inlinable static var magic: UInt64 { CSHMRING_MAGIC }
+    @inlinable static var version: UInt32 { CSHMRING_LAYOUT_VERSION }
+    @inlinable static var endiannessMark: UInt32 { CSHMRING_ENDIANNESS_MARK }
+    @inlinable static var cacheLine: Int { Int(CSHMRING_LINE) }
     /// Fields written by one party are grouped in 128 bytes (two lines: adjacent-line prefetch).
-    @usableFromInline static let group = 128
+    @inlinable static var group: Int { Int(CSHMRING_GROUP) }
     /// The data region starts here in the header memfd.
-    @usableFromInline static let dataOffset = 4096
-    @usableFromInline static let boundaryEntries = 16
-    @usableFromInline static let recordHeaderSize = 16
-    @usableFromInline static let sequenceMask: UInt64 = (1 << 63) - 1
-    /// The size of a consumer slot's memfd.
-    @usableFromInline static let slotSize = 4096
+    @inlinable static var dataOffset: Int { Int(CSHMRING_DATA_OFFSET) }
+    @inlinable static var boundaryEntries: Int { Int(CSHMRING_BOUNDARY_ENTRIES) }
+    @inlinable static var recordHeaderSize: Int { Int(CSHMRING_RECORD_HEADER) }
+    /// Sequence numbers are 63 bits wide.
+    @inlinable static var sequenceMask: UInt64 { CSHMRING_SEQUENCE_MASK }
+    /// The size of a consumer slot's memfd (a page; the slot struct fits in it).
+    @inlinable static var slotSize: Int { Int(CSHMRING_SLOT_PAGE) }
 
     /// The configuration group at offset 0: written once by the creator.
     @usableFromInline
     enum Config {
-        @usableFromInline static let magic = 0
-        @usableFromInline static let layoutVersion = 8
-        @usableFromInline static let endianness = 12
-        @usableFromInline static let wordSize = 16
-        @usableFromInline static let cacheLineSize = 20
-        @usableFromInline static let capacity = 24
-        @usableFromInline static let alignment = 32
-        @usableFromInline static let maxMessageLength = 36
-        @usableFromInline static let maxConsumers = 40
-        @usableFromInline static let recordHeaderSize = 44
-        @usableFromInline static let dataOffset = 48
-        @usableFromInline static let segmentIDHigh = 56
-        @usableFromInline static let segmentIDLow = 64
-        @usableFromInline static let salt = 72
-        @usableFromInline static let typeNameHash = 80
-        @usableFromInline static let typeSize = 88
-        @usableFromInline static let typeStride = 92
-        @usableFromInline static let typeAlignment = 96
-        @usableFromInline static let typeVersion = 100
-        @usableFromInline static let flags = 104
-        @usableFromInline static let producerPID = 108
+        @inlinable static var magic: Int { Int(CSHMRING_OFFSET_MAGIC) }
+        @inlinable static var layoutVersion: Int { Int(CSHMRING_OFFSET_LAYOUT_VERSION) }
+        @inlinable static var endianness: Int { Int(CSHMRING_OFFSET_ENDIANNESS) }
+        @inlinable static var wordSize: Int { Int(CSHMRING_OFFSET_WORD_SIZE) }
+        @inlinable static var cacheLineSize: Int { Int(CSHMRING_OFFSET_CACHE_LINE_SIZE) }
+        @inlinable static var capacity: Int { Int(CSHMRING_OFFSET_CAPACITY) }
+        @inlinable static var alignment: Int { Int(CSHMRING_OFFSET_ALIGNMENT) }
+        @inlinable static var maxMessageLength: Int { Int(CSHMRING_OFFSET_MAX_MESSAGE_LENGTH) }
+        @inlinable static var maxConsumers: Int { Int(CSHMRING_OFFSET_MAX_CONSUMERS) }
+        @inlinable static var recordHeaderSize: Int { Int(CSHMRING_OFFSET_RECORD_HEADER_SIZE) }
+        @inlinable static var dataOffset: Int { Int(CSHMRING_OFFSET_DATA_OFFSET) }
+        @inlinable static var segmentIDHigh: Int { Int(CSHMRING_OFFSET_SEGMENT_ID_HIGH) }
+        @inlinable static var segmentIDLow: Int { Int(CSHMRING_OFFSET_SEGMENT_ID_LOW) }
+        @inlinable static var salt: Int { Int(CSHMRING_OFFSET_SALT) }
+        @inlinable static var typeNameHash: Int { Int(CSHMRING_OFFSET_TYPE_NAME_HASH) }
+        @inlinable static var typeSize: Int { Int(CSHMRING_OFFSET_TYPE_SIZE) }
+        @inlinable static var typeStride: Int { Int(CSHMRING_OFFSET_TYPE_STRIDE) }
+        @inlinable static var typeAlignment: Int { Int(CSHMRING_OFFSET_TYPE_ALIGNMENT) }
+        @inlinable static var typeVersion: Int { Int(CSHMRING_OFFSET_TYPE_VERSION) }
+        @inlinable static var flags: Int { Int(CSHMRING_OFFSET_FLAGS) }
+        @inlinable static var producerPID: Int { Int(CSHMRING_OFFSET_PRODUCER_PID) }
     }
 
-    /// The producer group at offset 128: written by the producer only.
+    /// The producer group: written by the producer only.
     @usableFromInline
     enum Producer {
-        @usableFromInline static let base = 128
-        @usableFromInline static let tailIntent = base + 0
-        @usableFromInline static let tailVersion = base + 8
-        @usableFromInline static let tail = base + 16
-        @usableFromInline static let tailSequence = base + 24
-        @usableFromInline static let limit = base + 32
-        @usableFromInline static let epoch = base + 40
-        @usableFromInline static let wakeWord = base + 44
+        @inlinable static var tailIntent: Int { Int(CSHMRING_OFFSET_TAIL_INTENT) }
+        @inlinable static var tailVersion: Int { Int(CSHMRING_OFFSET_TAIL_VERSION) }
+        @inlinable static var tail: Int { Int(CSHMRING_OFFSET_TAIL) }
+        @inlinable static var tailSequence: Int { Int(CSHMRING_OFFSET_TAIL_SEQUENCE) }
+        @inlinable static var limit: Int { Int(CSHMRING_OFFSET_LIMIT) }
+        @inlinable static var epoch: Int { Int(CSHMRING_OFFSET_EPOCH) }
+        @inlinable static var wakeWord: Int { Int(CSHMRING_OFFSET_WAKE_WORD) }
     }
 
-    /// The counters group at offset 256: written by the producer only.
+    /// The counters group: written by the producer only.
     @usableFromInline
     enum Counters {
-        @usableFromInline static let base = 256
-        @usableFromInline static let publishedMessages = base + 0
-        @usableFromInline static let publishedBytes = base + 8
-        @usableFromInline static let backPressureEvents = base + 16
+        @inlinable static var publishedMessages: Int { Int(CSHMRING_OFFSET_PUBLISHED_MESSAGES) }
+        @inlinable static var publishedBytes: Int { Int(CSHMRING_OFFSET_PUBLISHED_BYTES) }
+        @inlinable static var backPressureEvents: Int { Int(CSHMRING_OFFSET_BACK_PRESSURE_EVENTS) }
         /// Gating consumers demoted to lossy by their lag limit.
-        @usableFromInline static let demotions = base + 24
+        @inlinable static var demotions: Int { Int(CSHMRING_OFFSET_DEMOTIONS) }
         /// Consumers whose control page held a value that cannot be right.
-        @usableFromInline static let evictions = base + 32
+        @inlinable static var evictions: Int { Int(CSHMRING_OFFSET_EVICTIONS) }
     }
 
-    /// The boundary index at offset 384: 16 entries of 32 bytes, written by the producer only.
+    /// The boundary index: `boundaryEntries` entries of `stride` bytes from `base`, written by
+    /// the producer only; field offsets within an entry.
     @usableFromInline
     enum Boundary {
-        @usableFromInline static let base = 384
-        @usableFromInline static let stride = 32
-        @usableFromInline static let version = 0
-        @usableFromInline static let position = 8
-        @usableFromInline static let sequence = 16
+        @inlinable static var base: Int { Int(CSHMRING_OFFSET_BOUNDARIES) }
+        @inlinable static var stride: Int { Int(CSHMRING_BOUNDARY_STRIDE) }
+        @inlinable static var version: Int { Int(CSHMRING_BOUNDARY_VERSION) }
+        @inlinable static var position: Int { Int(CSHMRING_BOUNDARY_POSITION) }
+        @inlinable static var sequence: Int { Int(CSHMRING_BOUNDARY_SEQUENCE) }
     }
 
-    /// A record header in the data region.
+    /// A record header in the data region, from the record's start.
     @usableFromInline
     enum Record {
-        @usableFromInline static let commit = 0
-        @usableFromInline static let length = 8
-        @usableFromInline static let type = 12
+        @inlinable static var commit: Int { Int(CSHMRING_RECORD_COMMIT) }
+        @inlinable static var length: Int { Int(CSHMRING_RECORD_LENGTH) }
+        @inlinable static var type: Int { Int(CSHMRING_RECORD_TYPE) }
     }
 
     /// A consumer slot page: a fresh memfd for every attachment. The consumer line and the
     /// sleeping line are written by the consumer (and nothing in them is trusted by the producer);
-    /// the notice line is written by the producer (and only tells the consumer what happened).
+    /// the owner line is written by the producer (and only tells the consumer what happened).
     @usableFromInline
     enum Slot {
-        @usableFromInline static let cursor = 0
-        @usableFromInline static let active = 8
-        @usableFromInline static let policy = 16
-        @usableFromInline static let pid = 20
-        @usableFromInline static let delivered = 24
-        @usableFromInline static let deliveredBytes = 32
-        @usableFromInline static let lappedMessages = 40
-        @usableFromInline static let lappedBytes = 48
-        @usableFromInline static let joined = 56
-        @usableFromInline static let lagLimitBytes = 64
-        @usableFromInline static let lagLimitNanoseconds = 72
-        @usableFromInline static let sleeping = 128
-        @usableFromInline static let generation = 256
-        @usableFromInline static let notice = 264
+        @inlinable static var cursor: Int { Int(CSHMRING_SLOT_CURSOR) }
+        @inlinable static var active: Int { Int(CSHMRING_SLOT_ACTIVE) }
+        @inlinable static var policy: Int { Int(CSHMRING_SLOT_POLICY) }
+        @inlinable static var pid: Int { Int(CSHMRING_SLOT_PID) }
+        @inlinable static var delivered: Int { Int(CSHMRING_SLOT_DELIVERED) }
+        @inlinable static var deliveredBytes: Int { Int(CSHMRING_SLOT_DELIVERED_BYTES) }
+        @inlinable static var lappedMessages: Int { Int(CSHMRING_SLOT_LAPPED_MESSAGES) }
+        @inlinable static var lappedBytes: Int { Int(CSHMRING_SLOT_LAPPED_BYTES) }
+        @inlinable static var joined: Int { Int(CSHMRING_SLOT_JOINED) }
+        @inlinable static var lagLimitBytes: Int { Int(CSHMRING_SLOT_LAG_LIMIT_BYTES) }
+        @inlinable static var lagLimitNanoseconds: Int { Int(CSHMRING_SLOT_LAG_LIMIT_NANOSECONDS) }
+        @inlinable static var sleeping: Int { Int(CSHMRING_SLOT_SLEEPING) }
+        @inlinable static var generation: Int { Int(CSHMRING_SLOT_GENERATION) }
+        @inlinable static var notice: Int { Int(CSHMRING_SLOT_NOTICE) }
     }
 
     /// A slot's notice word: `generation << 2 | bits`, the generation of the attachment it is for
     /// (its low 62 bits) and these bits.
-    @usableFromInline static let noticeDemoted: UInt64 = 1 << 0
-    @usableFromInline static let noticeEvicted: UInt64 = 1 << 1
+    @inlinable static var noticeDemoted: UInt64 { CSHMRING_NOTICE_DEMOTED }
+    @inlinable static var noticeEvicted: UInt64 { CSHMRING_NOTICE_EVICTED }
 
     /// The generation part of a notice word.
     @inlinable @inline(__always)
     static func noticeGeneration(_ notice: UInt64) -> UInt64 { notice >> 2 }
 
     /// Config flag: the producer refuses gating consumers.
-    @usableFromInline static let flagRefusesGating: UInt32 = 1 << 0
+    @inlinable static var flagRefusesGating: UInt32 { CSHMRING_FLAG_REFUSES_GATING }
 
     /// The size of the header memfd for a ring of `capacity` bytes.
     @usableFromInline static func headerMemfdSize(capacity: Int) -> Int { dataOffset + capacity }
