@@ -39,11 +39,19 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // Beside the library, never in it: what the test peer, the tests and the command's
+        // generated traffic need (seeded randomness, self-checking messages; in C, a seccomp
+        // filter, CPU pinning, spawning with other descriptors closed).
+        .target(name: "CShmTestSupport", cSettings: [.define("_GNU_SOURCE")]),
+        .target(name: "ShmRingTestSupport"),
         // Layer 2: the command-line tool.
         .executableTarget(
             name: "shmring",
             dependencies: [
                 "ShmRing",
+                "ShmRingTestSupport",
+                "CShmAtomics",
+                "CShmLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -53,8 +61,10 @@ let package = Package(
             name: "ShmRingTestPeer",
             dependencies: [
                 "ShmRing",
+                "ShmRingTestSupport",
                 "CShmAtomics",
                 "CShmLinux",
+                "CShmTestSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
@@ -62,10 +72,12 @@ let package = Package(
             name: "ShmRingTests",
             dependencies: [
                 "ShmRing",
+                "ShmRingTestSupport",
                 "ShmRingTestPeer",
                 "shmring",
                 "CShmAtomics",
                 "CShmLinux",
+                "CShmTestSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),

@@ -1,4 +1,5 @@
 import CShmLinux
+import CShmTestSupport
 import ShmRing
 
 #if canImport(Glibc)
@@ -28,7 +29,7 @@ enum HotPath {
             _ = try consumer.poll { _, _ in .continue }
         }
         if options.int("seccomp", default: 0) == 1 {
-            guard CShmLinux_seccomp_allow_only_exit_and_stdout() == 0 else {
+            guard CShmTestSupport_seccomp_allow_only_exit_and_stdout() == 0 else {
                 PeerRuntime.fail("seccomp: errno \(errno)")
             }
         }

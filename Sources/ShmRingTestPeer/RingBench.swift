@@ -1,5 +1,6 @@
 import CShmAtomics
 import CShmLinux
+import CShmTestSupport
 import ShmRing
 
 #if canImport(Glibc)
@@ -25,7 +26,7 @@ enum RingBench {
             "ring-bench-child", "--mode", mode, "--key", key, "--count", "\(count)", "--size", "\(size)", "--cpu",
             options.string("cpu-b"), "--alignment", "\(configuration.alignment)",
         ])
-        _ = CShmLinux_pin_thread_to_cpu(Int32(options.int("cpu-a")))
+        _ = CShmTestSupport_pin_thread_to_cpu(Int32(options.int("cpu-a")))
         while producer.activeConsumerCount < 1 { usleep(100) }
         let payload = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 8), alignment: 16)
         defer { payload.deallocate() }
@@ -82,7 +83,7 @@ enum RingBench {
 
     /// Side B.
     static func child(_ options: PeerOptions) throws {
-        _ = CShmLinux_pin_thread_to_cpu(Int32(options.int("cpu")))
+        _ = CShmTestSupport_pin_thread_to_cpu(Int32(options.int("cpu")))
         let key = options.string("key")
         let count = options.int("count")
         let size = options.int("size")

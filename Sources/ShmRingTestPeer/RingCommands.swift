@@ -1,5 +1,6 @@
 import CShmAtomics
 import ShmRing
+import ShmRingTestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -15,10 +16,7 @@ enum RingCommands {
     }
 
     /// Spin a little, then yield: two vCPUs are shared by the producer and every consumer.
-    static func idle(_ spins: inout Int) {
-        spins += 1
-        if spins < 64 { CShmAtomics_pause() } else { sched_yield() }
-    }
+    static let idle = IdleStrategy.spinThenYield
 
     /// `--key K --count N (0: until killed) [--capacity C] [--max-size M] [--large-every E]
     /// [--wait-consumers W] [--initial-position P] [--seed S] [--batch B]`: creates the ring, waits
@@ -78,12 +76,12 @@ enum RingCommands {
                     }
                 }
                 sequence += inBatch
-                if inBatch == 0 { idle(&spins) }
+                if inBatch == 0 { idle.idle(&spins) }
                 continue
             }
             while try producer.publish(UnsafeRawBufferPointer(message)) == .backPressured {
                 backPressured += 1
-                idle(&spins)
+                idle.idle(&spins)
             }
             if count > 0 && sequence == UInt64(count / 2) { PeerRuntime.ready("half") }
             if sequence & 1023 == 0 && producer.evictions != evictionsSeen {
@@ -175,7 +173,7 @@ enum RingCommands {
                 return .continue
             }
             if got == 0 {
-                idle(&spins)
+                idle.idle(&spins)
                 // Never wait for ever on a producer that is gone (a system call: now and then).
                 if spins % 4096 == 0 && !consumer.isProducerAlive {
                     PeerRuntime.fail("the producer went away after \(verification.received) of \(count) messages")
@@ -251,7 +249,7 @@ enum RingCommands {
                 }
             }
             if got == 0 {
-                idle(&spins)
+                idle.idle(&spins)
                 if spins % 4096 == 0 && !consumer.isProducerAlive && consumer.nextSequence < until {
                     // Drain once more, then give up: the producer is gone.
                     PeerRuntime.fail("the producer went away at sequence \(consumer.nextSequence) of \(until)")

@@ -1,5 +1,6 @@
 import CShmAtomics
 import ShmRing
+import ShmRingTestSupport
 
 #if canImport(Glibc)
 import Glibc

@@ -1,5 +1,6 @@
 import CShmAtomics
 import ShmRing
+import ShmRingTestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -198,7 +199,7 @@ enum StaleMemory {
                 _ = try writer.publishNext()
             }
             if writer.published == before {
-                RingCommands.idle(&spins)  // back-pressured: the readers need the CPU
+                RingCommands.idle.idle(&spins)  // back-pressured: the readers need the CPU
             } else {
                 spins = 0
             }
@@ -271,7 +272,7 @@ enum StaleMemory {
                 guard error.code == .cannotKeepUp else { throw error }
             }
             if got == 0 {
-                RingCommands.idle(&spins)
+                RingCommands.idle.idle(&spins)
                 if spins % 4096 == 0 && !consumer.isProducerAlive {
                     PeerRuntime.fail("the producer went away at sequence \(consumer.nextSequence)")
                 }
@@ -320,7 +321,7 @@ enum StaleMemory {
                 }
                 read += got
                 if got == 0 {
-                    RingCommands.idle(&spins)
+                    RingCommands.idle.idle(&spins)
                     if spins % 4096 == 0 && !consumer.isProducerAlive {
                         PeerRuntime.fail("the producer went away at sequence \(consumer.nextSequence)")
                     }

@@ -1,5 +1,6 @@
 import CShmAtomics
 import CShmLinux
+import CShmTestSupport
 import ShmRing
 import SystemPackage
 
@@ -57,7 +58,7 @@ enum StoreBuffering {
         guard fence == "seq_cst" || fence == "none" else { PeerRuntime.fail("--fence seq_cst|none") }
         // Both threads must run at once, on two CPUs: time-sliced on one, they would never show
         // the reordering and each round would wait for a scheduler tick.
-        guard CShmLinux_usable_cpus() >= 2 else { PeerRuntime.fail("needs two usable CPUs") }
+        guard CShmTestSupport_usable_cpus() >= 2 else { PeerRuntime.fail("needs two usable CPUs") }
         let shared = Shared(iterations: iterations, fenced: fence == "seq_cst")
         let threads = try (0..<2).map { index in
             try startThread { body(shared, index) }
@@ -80,7 +81,7 @@ enum StoreBuffering {
         let theirArrival = shared.arrived(other)
         let results = shared.sawOther[me]
         // One thread per CPU (best effort: a failure only makes the run slower).
-        _ = CShmLinux_pin_thread_to_cpu(Int32(me))
+        _ = CShmTestSupport_pin_thread_to_cpu(Int32(me))
         for round in 1...UInt64(shared.iterations) {
             // Barrier. Release/acquire pair: my arrival store with the other thread's load of it,
             // so a round's stores are not observed before both threads finished the previous one.

@@ -2,6 +2,7 @@ import ArgumentParser
 import CShmAtomics
 import CShmLinux
 import ShmRing
+import ShmRingTestSupport
 
 #if canImport(Glibc)
 import Glibc

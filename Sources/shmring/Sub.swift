@@ -1,6 +1,7 @@
 import ArgumentParser
 import CShmLinux
 import ShmRing
+import ShmRingTestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -39,7 +40,7 @@ struct Sub: ParsableCommand {
     @Option(help: "Start at the newest message or the oldest still available.")
     var from: From = .newest
 
-    @Option(help: "How to wait for messages: spin, yield, backoff, block (block arrives with the wake-up path).")
+    @Option(help: "How to wait for messages: spin, yield or backoff.")
     var idle: String = "backoff"
 
     @Option(help: "Exit after this many messages.")
@@ -56,11 +57,11 @@ struct Sub: ParsableCommand {
 
     func validate() throws {
         if let count, count < 0 { throw ValidationError("--count must not be negative, got \(count)") }
-        guard let strategy = IdleStrategy(rawValue: idle) else {
-            throw ValidationError("--idle \(idle): expected spin, yield, backoff or block")
-        }
-        if strategy == .block {
+        if idle == "block" {
             throw ValidationError("--idle block arrives with the wake-up path; use spin, yield or backoff")
+        }
+        guard idleStrategy(named: idle) != nil else {
+            throw ValidationError("--idle \(idle): expected spin, yield or backoff")
         }
         if let lagLimit {
             guard policy == .gating else {
@@ -86,7 +87,7 @@ struct Sub: ParsableCommand {
 
     func run() throws {
         CShmLinux_install_stop_signals()
-        let strategy = IdleStrategy(rawValue: idle)!
+        let strategy = idleStrategy(named: idle)!
         let consumer = try RingConsumer(
             key: key, from: from == .oldest ? .oldest : .newest, policy: policy == .lossy ? .lossy : .gating,
             lagLimit: try lagLimit.map(Self.parseLagLimit), namespace: namespace(dir))

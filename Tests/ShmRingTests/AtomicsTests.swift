@@ -1,5 +1,6 @@
 import CShmAtomics
 import CShmLinux
+import CShmTestSupport
 import Testing
 
 @Suite struct AtomicsTests {
@@ -37,7 +38,7 @@ import Testing
 extension MultiProcess {
     /// The store-buffering litmus test (docs/testing.md): proves the shim's seq_cst fence is a real
     /// fence, in a release-built peer so that a million rounds take well under a second.
-    @Suite(.enabled(if: CShmLinux_usable_cpus() >= 2, "needs two CPUs")) struct StoreBufferingTests {
+    @Suite(.enabled(if: CShmTestSupport_usable_cpus() >= 2, "needs two CPUs")) struct StoreBufferingTests {
         static let iterations = 1_000_000
 
         func run(fence: String) throws -> Int {

@@ -2,6 +2,7 @@ import CShmAtomics
 import Testing
 
 @testable import ShmRing
+import ShmRingTestSupport
 
 #if canImport(Glibc)
 import Glibc

@@ -9,7 +9,6 @@
 #define CSHMLINUX_H
 
 #include <pthread.h>
-#include <spawn.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -87,13 +86,6 @@ int CShmLinux_peer_pidfd(int socket);
 int CShmLinux_pidfd_open(pid_t pid, unsigned int flags);
 /// `pidfd_send_signal(pidfd, signal, NULL, 0)`.
 int CShmLinux_pidfd_send_signal(int pidfd, int signal);
-/// `posix_spawn_file_actions_addclosefrom_np(actions, from)` (glibc 2.34+): the child closes every
-/// descriptor from `from` up.
-int CShmLinux_spawn_add_close_from(posix_spawn_file_actions_t *actions, int from);
-/// Installs a seccomp filter that kills the process on any system call but `exit`,
-/// `exit_group` and `write` to descriptor 1 (after PR_SET_NO_NEW_PRIVS). For tests that prove a
-/// loop makes no system call. Returns 0 or -1 with errno.
-int CShmLinux_seccomp_allow_only_exit_and_stdout(void);
 /// Installs handlers for SIGINT and SIGTERM that only set a flag (async-signal-safe), without
 /// SA_RESTART, so that a blocking call returns EINTR. Returns 0 or -1 with errno.
 int CShmLinux_install_stop_signals(void);
@@ -107,10 +99,6 @@ int CShmLinux_block_stop_signals(void);
 int CShmLinux_wait_stop_signal(void);
 /// `pipe2(fds, O_CLOEXEC)`.
 int CShmLinux_pipe_cloexec(int fds[2]);
-/// Pins the calling thread to one CPU; returns 0 or an errno value.
-int CShmLinux_pin_thread_to_cpu(int cpu);
-/// How many CPUs this process may run on (sched_getaffinity).
-int CShmLinux_usable_cpus(void);
 /// `accept4(socket, NULL, NULL, flags)`.
 int CShmLinux_accept4(int socket, int flags);
 /// `eventfd(initial, flags)`.

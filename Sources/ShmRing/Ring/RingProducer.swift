@@ -368,32 +368,26 @@ public final class RingProducer {
         return .published
     }
 
-    /// Publishes with back-pressure handled by waiting, at most `timeout` (spinning, then
-    /// yielding, then sleeping 50 µs at a time; the efficient sleep is the wake-up issue's).
+    /// Publishes with back-pressure handled by waiting, at most `timeout`, in the manner of
+    /// `idle` (by default: spinning, then yielding, then sleeping from 50 µs up to 1 ms; the
+    /// efficient sleep comes with the wake-up path).
     ///
     /// - Returns: `.published`, or `.backPressured` if the time ran out.
     @discardableResult
-    public func publish(_ bytes: UnsafeRawBufferPointer, type: UInt32 = 0, timeout: Duration) throws(RingError)
-        -> PublishResult
-    {
+    public func publish(
+        _ bytes: UnsafeRawBufferPointer, type: UInt32 = 0, timeout: Duration, idle: IdleStrategy = .backoff
+    ) throws(RingError) -> PublishResult {
         guard !state.pointee.inBatch else {
             // Consumers cannot pass the batch's first record until the batch ends: waiting for
             // them inside a batch would never end.
             throw RingError(.claimOutstanding, key: key, "a publish that waits is not allowed inside a batch")
         }
         let deadline = ContinuousClock.now + timeout
-        var attempt = 0
+        var rounds = 0
         while true {
             if try publish(bytes, type: type) == .published { return .published }
             if ContinuousClock.now >= deadline { return .backPressured }
-            attempt += 1
-            if attempt < 64 {
-                CShmAtomics_pause()
-            } else if attempt < 128 {
-                sched_yield()
-            } else {
-                usleep(50)
-            }
+            idle.idle(&rounds)
         }
     }
 

@@ -1,6 +1,7 @@
 import CShmAtomics
 import CShmLinux
 import ShmRing
+import ShmRingTestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -31,25 +32,14 @@ func namespace(_ directory: String?) -> KeyNamespace {
 /// Whether SIGINT or SIGTERM arrived (after `CShmLinux_install_stop_signals`).
 var stopRequested: Bool { CShmLinux_stop_signal() != 0 }
 
-/// How a waiting loop spends its idle time.
-enum IdleStrategy: String, CaseIterable {
-    case spin, yield, backoff, block
-
-    /// Idles once; `rounds` counts consecutive idle rounds (reset it when work arrives).
-    func idle(_ rounds: inout Int) {
-        rounds += 1
-        switch self {
-        case .spin: CShmAtomics_pause()
-        case .yield: sched_yield()
-        case .backoff, .block:
-            if rounds < 64 {
-                CShmAtomics_pause()
-            } else if rounds < 128 {
-                sched_yield()
-            } else {
-                usleep(UInt32(min(1000, 50 << min(4, (rounds - 128) / 64))))
-            }
-        }
+/// The library's idle strategy named by `--idle`; nil for a name it does not know. (`block` comes
+/// with the wake-up path.)
+func idleStrategy(named name: String) -> IdleStrategy? {
+    switch name {
+    case "spin": .spin
+    case "yield": .yield
+    case "backoff": .backoff
+    default: nil
     }
 }
 

@@ -1,4 +1,5 @@
 import CShmLinux
+import CShmTestSupport
 import ShmRing
 import SystemPackage
 import Testing
@@ -110,7 +111,7 @@ final class ChildProcess {
         }
         // Nothing else: the test runner has descriptors without close-on-exec (seen: 251), which
         // a child would otherwise inherit.
-        CShmLinux_spawn_add_close_from(&actions, ChildProcess.childDescriptor(inheriting.count))
+        CShmTestSupport_spawn_add_close_from(&actions, ChildProcess.childDescriptor(inheriting.count))
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
