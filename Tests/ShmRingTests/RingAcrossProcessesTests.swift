@@ -86,6 +86,31 @@ extension MultiProcess {
             #expect(producer.activeConsumerCount == 0)
         }
 
+        /// A consumer that fails after the handshake, and an observer once it is gone, leave no
+        /// descriptor of the ring open in this process (the rendezvous connection owns what the
+        /// reply carried until it is handed on, and closes the rest once).
+        @Test func failedAttachmentsAndEndedObserversLeaveNoDescriptorOpen() throws {
+            let key = uniqueKey()
+            let producer = try ChildProcess(
+                TestPeer.debug, ["ring-produce", "--key", key, "--count", "0", "--capacity", "4096"], expectCrash: true)
+            defer {
+                producer.signal(SIGKILL)
+                producer.wait()
+            }
+            try #require(producer.waitForReady("created"))
+            let header = "/memfd:shmring-ring:\(key) (deleted)"
+            expectRingError(.invalidConfiguration) {
+                _ = try RingConsumer(key: key, lagLimit: LagLimit(bytes: 1 << 20))  // beyond the capacity
+            }
+            #expect(descriptorsOpen(linkingTo: header) == 0)
+            do {
+                let observer = try RingObserver(key: key)
+                #expect(observer.snapshot().capacity == 4096)
+                #expect(descriptorsOpen(linkingTo: header) == 1)
+            }
+            #expect(descriptorsOpen(linkingTo: header) == 0)
+        }
+
         /// Consumers join and leave a tiny ring (4 KiB) while the producer runs at full speed; each
         /// joiner checks continuity from its join point. A steady gating consumer reads throughout.
         @Test func joinAndLeaveChurnOnATinyRing() throws {

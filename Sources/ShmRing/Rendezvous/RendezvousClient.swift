@@ -6,25 +6,46 @@ import Glibc
 #endif
 
 /// An attacher's side of the rendezvous: one handshake, then the connection stays open.
-package struct RendezvousConnection {
-    /// The connection, kept open as the liveness channel (its hang-up means the creator detached
-    /// or died). Owned by the caller.
-    package var socket: FileDescriptor
-    package var reply: RendezvousProtocol.Reply
-    /// The descriptors of the reply, in the order of `reply.roles`. Owned by the caller.
-    package var descriptors: [FileDescriptor]
+///
+/// It owns the socket and every descriptor of the reply until they are handed on (`takeSocket`,
+/// `take`): whatever is still here when the connection ends is closed then, once. (Ownership
+/// spelled out by hand closed one socket twice on a failure path.)
+package struct RendezvousConnection: ~Copyable {
+    package let reply: RendezvousProtocol.Reply
     /// Who serves the key, as the kernel recorded it.
-    package var server: PeerCredentials
+    package let server: PeerCredentials
+    /// The connection, kept open as the liveness channel (its hang-up means the creator detached
+    /// or died); nil once handed on.
+    private var socket: FileDescriptor?
+    /// The descriptors of the reply, in the order of `reply.roles`; nil once handed on.
+    private var descriptors: [FileDescriptor?]
 
-    /// The descriptor with `role`, if the reply has one.
-    package func descriptor(_ role: RendezvousProtocol.DescriptorRole) -> FileDescriptor? {
-        reply.roles.firstIndex(of: role).map { descriptors[$0] }
+    init(socket: FileDescriptor, reply: RendezvousProtocol.Reply, descriptors: [FileDescriptor], server: PeerCredentials) {
+        self.socket = socket
+        self.reply = reply
+        self.descriptors = descriptors
+        self.server = server
     }
 
-    /// Closes the socket and every descriptor.
-    package func close() {
-        socket.closeIgnoringErrors()
-        for descriptor in descriptors { descriptor.closeIgnoringErrors() }
+    deinit {
+        socket?.closeIgnoringErrors()
+        for case let descriptor? in descriptors { descriptor.closeIgnoringErrors() }
+    }
+
+    /// Hands the socket on: the caller owns it from now on.
+    package mutating func takeSocket() -> FileDescriptor {
+        guard let socket else { preconditionFailure("the rendezvous socket was handed on already") }
+        self.socket = nil
+        return socket
+    }
+
+    /// Hands on the first descriptor of the reply with `role` that is still here: the caller owns
+    /// it from now on. Nil if there is none.
+    package mutating func take(_ role: RendezvousProtocol.DescriptorRole) -> FileDescriptor? {
+        guard let index = reply.roles.indices.first(where: { reply.roles[$0] == role && descriptors[$0] != nil })
+        else { return nil }
+        defer { descriptors[index] = nil }
+        return descriptors[index]
     }
 
     /// Connects to the creator of `address`, checks that it runs as one of `trustedUsers`, sends

@@ -168,56 +168,41 @@ public final class RingConsumer {
                 throw RingError(.invalidConfiguration, key: key, "a lag limit needs a positive byte count or time")
             }
         }
-        let connection = try RingRendezvous.connect(
+        // The connection closes whatever it still holds if this initializer fails.
+        var connection = try RingRendezvous.connect(
             key: key, namespace: namespace,
             request: RendezvousProtocol.Request(kind: .attachRingConsumer, flags: policy == .gating ? [.gating] : []),
             trustedCreators: trustedCreators, timeout: timeout)
         let reply = connection.reply
         guard reply.layoutVersion == RingLayout.version else {
-            connection.close()
             throw RingError(
                 .incompatibleLayout, key: key,
                 "\(key) has ring layout version \(reply.layoutVersion); this build reads \(RingLayout.version)")
         }
-        guard reply.roles.count == 2, let headerIndex = reply.roles.firstIndex(of: .data),
-            let slotIndex = reply.roles.firstIndex(of: .consumerSlot),
+        guard reply.roles.count == 2, reply.roles.contains(.data), reply.roles.contains(.consumerSlot),
             reply.size >= 4096, reply.size <= 1 << 40, reply.size & (reply.size - 1) == 0
         else {
-            connection.close()
             throw RingError(.unknown, key: key, "the producer's reply has roles \(reply.roles) and size \(reply.size)")
         }
         let capacity = Int(reply.size)
         if let bytes = lagLimit?.bytes, bytes > capacity {
-            connection.close()
             throw RingError(
                 .invalidConfiguration, key: key,
                 "a lag limit of \(bytes) bytes exceeds the ring's capacity (\(capacity)): it could never be reached")
         }
+        // Each attach takes its descriptor (and closes it if it fails).
         let header: Segment
-        do {
-            header = try Segment.attach(
-                descriptor: connection.descriptors[headerIndex], size: RingLayout.headerMemfdSize(capacity: capacity),
-                access: .readOnly, requiredSeals: [.grow, .shrink, .seal, .futureWrite])
-        } catch {
-            connection.descriptors[slotIndex].closeIgnoringErrors()
-            connection.socket.closeIgnoringErrors()
-            throw RingError(error, key: key)
-        }
         let slotSegment: Segment
         do {
+            header = try Segment.attach(
+                descriptor: connection.take(.data)!, size: RingLayout.headerMemfdSize(capacity: capacity),
+                access: .readOnly, requiredSeals: [.grow, .shrink, .seal, .futureWrite])
             slotSegment = try Segment.attach(
-                descriptor: connection.descriptors[slotIndex], size: RingLayout.slotSize, access: .readWrite)
+                descriptor: connection.take(.consumerSlot)!, size: RingLayout.slotSize, access: .readWrite)
         } catch {
-            connection.socket.closeIgnoringErrors()
             throw RingError(error, key: key)
         }
-        let config: RingHeaderCheck
-        do {
-            config = try RingHeaderCheck(header: header.baseAddress!, capacity: capacity, key: key)
-        } catch {
-            connection.socket.closeIgnoringErrors()
-            throw error
-        }
+        let config = try RingHeaderCheck(header: header.baseAddress!, capacity: capacity, key: key)
         view = RingView(
             header: header.baseAddress!, capacity: capacity, alignment: config.alignment,
             maxMessageLength: config.maxMessageLength, salt: config.salt)
@@ -229,7 +214,7 @@ public final class RingConsumer {
         self.fingerprint = config.fingerprint
         self.headerSegment = header
         self.slotSegment = slotSegment
-        self.connection = connection.socket
+        self.connection = connection.takeSocket()
         slot = slotSegment.baseAddress!
         // The slot's generation, as the producer's server stored it before replying (checked
         // against the reply below).

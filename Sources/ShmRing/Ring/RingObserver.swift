@@ -70,33 +70,33 @@ public final class RingObserver {
         key: String, namespace: KeyNamespace = .abstract, trustedCreators: Set<uid_t> = [geteuid()],
         timeout: Duration = .seconds(5)
     ) throws(RingError) {
-        let connection = try RingRendezvous.connect(
+        // The connection closes whatever it still holds when it ends (its socket included: an
+        // observer needs no liveness channel).
+        var connection = try RingRendezvous.connect(
             key: key, namespace: namespace, request: RendezvousProtocol.Request(kind: .observe, flags: []),
             trustedCreators: trustedCreators, timeout: timeout)
-        defer { connection.socket.closeIgnoringErrors() }
         let reply = connection.reply
         guard reply.layoutVersion == RingLayout.version, reply.roles.first == .data,
             reply.roles.dropFirst().allSatisfy({ $0 == .consumerSlot }), reply.size >= 4096, reply.size <= 1 << 40,
-            reply.size & (reply.size - 1) == 0
+            reply.size & (reply.size - 1) == 0, let headerDescriptor = connection.take(.data)
         else {
-            connection.close()
             throw RingError(
                 .incompatibleLayout, key: key,
                 "\(key): ring layout version \(reply.layoutVersion), roles \(reply.roles), size \(reply.size)")
         }
         let capacity = Int(reply.size)
         var mapped: [Segment] = []
-        for (index, descriptor) in connection.descriptors.enumerated() {
-            do {
-                mapped.append(
-                    try Segment.attach(
-                        descriptor: descriptor,
-                        size: index == 0 ? RingLayout.headerMemfdSize(capacity: capacity) : RingLayout.slotSize,
-                        access: .readOnly))
-            } catch {
-                for rest in connection.descriptors[(index + 1)...] { rest.closeIgnoringErrors() }
-                throw RingError(error, key: key)
+        do {
+            // Each attach takes its descriptor (and closes it if it fails).
+            mapped.append(
+                try Segment.attach(
+                    descriptor: headerDescriptor, size: RingLayout.headerMemfdSize(capacity: capacity),
+                    access: .readOnly))
+            while let slot = connection.take(.consumerSlot) {
+                mapped.append(try Segment.attach(descriptor: slot, size: RingLayout.slotSize, access: .readOnly))
             }
+        } catch {
+            throw RingError(error, key: key)
         }
         self.check = try RingHeaderCheck(header: mapped[0].baseAddress!, capacity: capacity, key: key)
         self.key = key

@@ -20,7 +20,6 @@ enum RingRendezvous {
             throw RingError(error, key: key)
         }
         guard connection.reply.segmentKind == .ring else {
-            connection.close()
             throw RingError(.incompatibleLayout, key: key, "\(key) is a shared-memory segment, not a ring")
         }
         return connection

@@ -161,7 +161,8 @@ public final class SharedMemory {
     public func attach(mode: AccessMode = .readWrite) throws(SharedMemoryError) {
         guard attachment == nil else { throw SharedMemoryError(.alreadyAttached, key: key, "already attached") }
         let address = try rendezvousAddress()
-        let connection: RendezvousConnection
+        // The connection closes whatever it still holds if attaching fails.
+        var connection: RendezvousConnection
         do {
             connection = try RendezvousConnection.connect(
                 to: address,
@@ -173,45 +174,37 @@ public final class SharedMemory {
         }
         let reply = connection.reply
         guard reply.segmentKind == .sharedMemory else {
-            connection.close()
             throw SharedMemoryError(.incompatible, key: key, "\(key) is a ring, not a shared-memory segment")
         }
-        // Exactly one data and one lock descriptor; anything else in the reply is closed.
-        guard reply.roles.count == 2, let dataIndex = reply.roles.firstIndex(of: .data),
-            let lockIndex = reply.roles.firstIndex(of: .lock), reply.size > 0,
+        // Exactly one data and one lock descriptor.
+        guard reply.roles.count == 2, reply.roles.contains(.data), reply.roles.contains(.lock), reply.size > 0,
             reply.size <= UInt64(Self.maximumSize)
         else {
-            connection.close()
             throw SharedMemoryError(
                 .unknown, key: key, "the creator's reply has roles \(reply.roles) and size \(reply.size)")
         }
-        let data = connection.descriptors[dataIndex]
-        let lockDescriptor = connection.descriptors[lockIndex]
-        // The segment and the lock take their descriptors; the connection keeps only its socket.
-        // A creator-only segment must carry F_SEAL_FUTURE_WRITE: then read-only is the kernel's
-        // promise, not the creator's.
+        // The segment and the lock take their descriptors (and close them if they fail); the
+        // attachment keeps the socket. A creator-only segment must carry F_SEAL_FUTURE_WRITE: then
+        // read-only is the kernel's promise, not the creator's.
         var seals: Segment.Seals = [.grow, .shrink, .seal]
         if reply.flags.contains(.creatorOnlyWriters) { seals.insert(.futureWrite) }
         let segment: Segment
-        do {
-            segment = try Segment.attach(
-                descriptor: data, size: Int(reply.size), access: mode == .readOnly ? .readOnly : .readWrite,
-                requiredSeals: seals)
-        } catch {
-            lockDescriptor.closeIgnoringErrors()
-            connection.socket.closeIgnoringErrors()
-            throw SharedMemoryError(error, key: key)
-        }
         let lock: RobustLock
         do {
-            lock = try RobustLock.attach(descriptor: lockDescriptor)
+            segment = try Segment.attach(
+                descriptor: connection.take(.data)!, size: Int(reply.size),
+                access: mode == .readOnly ? .readOnly : .readWrite, requiredSeals: seals)
         } catch {
-            connection.socket.closeIgnoringErrors()
             throw SharedMemoryError(error, key: key)
+        }
+        do {
+            lock = try RobustLock.attach(descriptor: connection.take(.lock)!)
+        } catch {
+            throw SharedMemoryError(error, key: key)  // the segment unmaps itself as it ends
         }
         attachment = Attachment(
             segment: segment, lock: lock, mode: mode, segmentID: reply.segmentID, creatorPID: reply.creatorPID,
-            creatorUID: reply.creatorUID, server: nil, connection: connection.socket)
+            creatorUID: reply.creatorUID, server: nil, connection: connection.takeSocket())
     }
 
     /// Detaches: unmaps the memory and closes every descriptor. A creator also stops serving the
@@ -272,16 +265,16 @@ public final class SharedMemory {
         } catch {
             throw SharedMemoryError(error, key: key)
         }
-        let connection: RendezvousConnection
+        let reply: RendezvousProtocol.Reply
         do {
-            connection = try RendezvousConnection.connect(
+            // Only its reply is wanted: the connection closes when it ends here.
+            reply = try RendezvousConnection.connect(
                 to: address, request: RendezvousProtocol.Request(kind: .observe, flags: []),
-                trustedUsers: trustedCreators)
+                trustedUsers: trustedCreators
+            ).reply
         } catch {
             throw SharedMemoryError(error, key: key)
         }
-        connection.close()
-        let reply = connection.reply
         guard reply.segmentKind == .sharedMemory else {
             throw SharedMemoryError(.incompatible, key: key, "\(key) is a ring, not a shared-memory segment")
         }
