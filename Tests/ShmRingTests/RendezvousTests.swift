@@ -79,10 +79,21 @@ func readReply(_ socket: FileDescriptor) throws -> RendezvousProtocol.Reply {
     }
 
     @Test func versionsNegotiate() {
-        #expect(RendezvousProtocol.isCompatible(version: 1, minimum: 1))
-        #expect(RendezvousProtocol.isCompatible(version: 7, minimum: 1), "a newer peer that accepts us")
+        #expect(RendezvousProtocol.isCompatible(version: 2, minimum: 2))
+        #expect(RendezvousProtocol.isCompatible(version: 7, minimum: 2), "a newer peer that accepts us")
         #expect(!RendezvousProtocol.isCompatible(version: 7, minimum: 5), "a newer peer that does not")
-        #expect(!RendezvousProtocol.isCompatible(version: 0, minimum: 0), "older than we accept")
+        #expect(!RendezvousProtocol.isCompatible(version: 1, minimum: 1), "version 1: a 32-bit generation")
+    }
+
+    /// A slot generation travels whole (version 1 cut it to 32 bits).
+    @Test func aGenerationTravelsInAll64Bits() throws {
+        var reply = RendezvousProtocol.Reply(
+            status: .ok, segmentKind: .ring, creatorPID: 1, creatorUID: 2, segmentID: .random(), size: 4096,
+            mappedSize: 8192)
+        reply.slot = 3
+        reply.generation = 0x1234_5678_9ABC_DEF0
+        reply.roles = [.consumerSlot, .data]
+        #expect(try RendezvousProtocol.Reply.decode(reply.encoded()) == reply)
     }
 }
 

@@ -1,4 +1,4 @@
-/// The rendezvous wire protocol, version 1 (docs/rendezvous.md).
+/// The rendezvous wire protocol, version 2 (docs/rendezvous.md).
 ///
 /// One request and one reply per connection, each a single `SOCK_SEQPACKET` message, little-endian,
 /// fixed offsets. Everything received is untrusted: `WireReader` bounds-checks every read, and a
@@ -6,10 +6,10 @@
 package enum RendezvousProtocol {
     /// "SRV1" read as a little-endian UInt32: the first word of every message.
     package static let magic: UInt32 = 0x3156_5253
-    /// The version this build speaks.
-    package static let version: UInt16 = 1
-    /// The oldest version this build can talk to.
-    package static let minimumCompatibleVersion: UInt16 = 1
+    /// The version this build speaks. Version 2 widened the reply's slot generation to 64 bits.
+    package static let version: UInt16 = 2
+    /// The oldest version this build can talk to (a version-1 reply is laid out differently).
+    package static let minimumCompatibleVersion: UInt16 = 2
     /// No request is longer; a longer one is refused (and detected as truncated).
     package static let maximumRequestLength = 256
     /// No reply is longer.
@@ -130,19 +130,17 @@ package enum RendezvousProtocol {
         version >= minimumCompatibleVersion && minimum <= RendezvousProtocol.version
     }
 
-    /// A reply: 72 bytes and 2 bytes per descriptor role.
+    /// A reply: 76 bytes and 2 bytes per descriptor role.
     ///
     /// ```
     /// 0      4       6      8       10     12      16          20         24
     /// | magic| ver   | min  | status| kind | errno | layoutVer | creatorPid|
     /// 24            28        32                      48          56          64
     /// | creatorUid  | slot    | segment id (16 bytes) | size      | mapped    |
-    /// 64        66        68          72
-    /// | nDescr  | flags   | generation | roles (2 bytes each) ...
+    /// 64        66        68                    76
+    /// | nDescr  | flags   | generation (64 bits) | roles (2 bytes each) ...
     /// ```
     /// `slot` and `generation` are a ring consumer's slot (0 otherwise).
-    /// ```
-    /// ```
     package struct Reply: Equatable, Sendable {
         package var version: UInt16 = RendezvousProtocol.version
         package var minimumCompatibleVersion: UInt16 = RendezvousProtocol.minimumCompatibleVersion
@@ -165,7 +163,7 @@ package enum RendezvousProtocol {
         package var roles: [DescriptorRole] = []
         /// A ring consumer's slot index and its generation.
         package var slot: UInt32 = 0
-        package var generation: UInt32 = 0
+        package var generation: UInt64 = 0
 
         package init(
             status: Status, segmentKind: SegmentKind, creatorPID: Int32, creatorUID: UInt32,
@@ -180,7 +178,7 @@ package enum RendezvousProtocol {
             self.mappedSize = mappedSize
         }
 
-        package static let fixedLength = 72
+        package static let fixedLength = 76
 
         package func encoded() -> [UInt8] {
             var writer = WireWriter()
@@ -223,7 +221,7 @@ package enum RendezvousProtocol {
             let mappedSize = try reader.u64()
             let count = Int(try reader.u16())
             let flags = ReplyFlags(rawValue: try reader.u16())
-            let generation = try reader.u32()
+            let generation = try reader.u64()
             guard let status = Status(rawValue: rawStatus) else { throw .malformed("unknown status \(rawStatus)") }
             guard let kind = SegmentKind(rawValue: rawKind) else { throw .malformed("unknown segment kind \(rawKind)") }
             guard count <= maximumDescriptors, bytes.count == fixedLength + 2 * count else {

@@ -229,7 +229,7 @@ public final class RingConsumer {
                 position: 0, sequence: 0, publishedCursor: 0, delivered: 0, deliveredBytes: 0, verifiedType: nil,
                 closed: false))
         if policy == .lossy || lagLimit != nil { try startValidating() }
-        guard generation != 0, UInt32(truncatingIfNeeded: generation) == reply.generation else {
+        guard generation != 0, generation == reply.generation else {
             throw RingError(
                 .corrupted, key: key, "slot \(reply.slot) has generation \(generation), not \(reply.generation)")
         }

@@ -872,7 +872,7 @@ public final class RingProducer {
                 return response
             }
             response.reply.slot = UInt32(handed.slot)
-            response.reply.generation = UInt32(truncatingIfNeeded: handed.generation)
+            response.reply.generation = handed.generation
             response.descriptors = [handed.page]
             response.temporaryDescriptors = [readOnlyHeader]
             response.reply.roles = [.consumerSlot, .data]
