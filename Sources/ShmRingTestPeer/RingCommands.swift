@@ -156,7 +156,7 @@ enum RingCommands {
     /// messages, reports, detaches.
     static func consume(_ options: PeerOptions) throws {
         let from: RingStartPosition = options.has("from") && options.string("from") == "newest" ? .newest : .oldest
-        let consumer = try RingConsumer(key: options.string("key"), from: from)
+        let consumer = try RingConsumer(key: options.string("key"), configuration: .init(start: from))
         PeerRuntime.ready("attached")
         let verification = try readAndCheck(consumer, count: options.int("count"))
         verification.report()
@@ -201,8 +201,7 @@ enum RingCommands {
                 bytes: options.has("lag-bytes") ? options.int("lag-bytes") : nil,
                 time: options.has("lag-ms") ? .milliseconds(options.int("lag-ms")) : nil)
         }
-        let consumer = try RingConsumer(
-            key: options.string("key"), from: .newest, policy: lossy ? .lossy : .gating, lagLimit: lagLimit)
+        let consumer = try RingConsumer(key: options.string("key"), configuration: .init(start: .newest, policy: lossy ? .lossy : .gating, lagLimit: lagLimit))
         let until = UInt64(options.int("until"))
         let sleepEvery = options.int("sleep-every", default: 0)
         let sleepMicroseconds = UInt32(options.int("sleep-us", default: 0))
@@ -280,7 +279,7 @@ enum RingCommands {
         var total = Verification()
         var badRounds = 0
         for _ in 0..<rounds {
-            let consumer = try RingConsumer(key: options.string("key"), from: .newest)
+            let consumer = try RingConsumer(key: options.string("key"), configuration: .init(start: .newest))
             let verification = try readAndCheck(consumer, count: perRound)
             consumer.detach()
             if verification.gaps != 0 || verification.corrupted != 0 { badRounds += 1 }

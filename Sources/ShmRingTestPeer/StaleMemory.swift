@@ -233,7 +233,7 @@ enum StaleMemory {
         let seed = UInt64(options.string("seed"))!
         let lossy = options.has("policy") && options.string("policy") == "lossy"
         let from: RingStartPosition = options.has("from") && options.string("from") == "newest" ? .newest : .oldest
-        let consumer = try RingConsumer(key: options.string("key"), from: from, policy: lossy ? .lossy : .gating)
+        let consumer = try RingConsumer(key: options.string("key"), configuration: .init(start: from, policy: lossy ? .lossy : .gating))
         let plan = StalePlan(seed: seed, capacity: consumer.capacity)
         let end = (plan.initialSequence &+ UInt64(options.int("count"))) & sequenceMask
         PeerRuntime.ready("attached")
@@ -296,9 +296,7 @@ enum StaleMemory {
         let seed = UInt64(options.string("seed"))!
         let perRound = options.int("per-round")
         func attach(_ round: Int) throws -> RingConsumer {
-            try RingConsumer(
-                key: options.string("key"), from: round % 4 < 2 ? .newest : .oldest,
-                policy: round % 2 == 0 ? .gating : .lossy)
+            try RingConsumer(key: options.string("key"), configuration: .init(start: round % 4 < 2 ? .newest : .oldest, policy: round % 2 == 0 ? .gating : .lossy))
         }
         var consumer = try attach(0)
         let plan = StalePlan(seed: seed, capacity: consumer.capacity)

@@ -71,16 +71,21 @@ struct Stat: ParsableCommand {
             for c in s.consumers {
                 let flags = (c.demoted ? "  demoted" : "") + (c.evicted ? "  evicted" : "")
                 text +=
-                    "  \(pad(c.slot, 4))  \(pad(c.pid, 8))  \(c.policy.padding(7))  \(pad(c.position, 20))  "
+                    "  \(pad(c.slot, 4))  \(pad(c.pid, 8))  \(policyName(c).padding(7))  \(pad(c.position, 20))  "
                     + "\(pad(c.lag, 9))  \(pad(c.delivered, 11))  \(c.lappedMessages) (\(c.lappedBytes))\(flags)\n"
             }
         }
         return text
     }
 
+    /// "gating", "lossy", or "unknown(N)" for a value this build does not know.
+    func policyName(_ consumer: RingSnapshot.Consumer) -> String {
+        consumer.policy.map { "\($0)" } ?? "unknown(\(consumer.rawPolicy))"
+    }
+
     func renderJSON(_ s: RingSnapshot) -> String {
         let consumers = s.consumers.map { c in
-            "{\"slot\": \(c.slot), \"pid\": \(c.pid), \"policy\": \(jsonString(c.policy)), \"position\": \(c.position), "
+            "{\"slot\": \(c.slot), \"pid\": \(c.pid), \"policy\": \(jsonString(policyName(c))), \"position\": \(c.position), "
                 + "\"lag\": \(c.lag), \"delivered\": \(c.delivered), \"delivered_bytes\": \(c.deliveredBytes), "
                 + "\"lapped_messages\": \(c.lappedMessages), \"lapped_bytes\": \(c.lappedBytes), "
                 + "\"demoted\": \(c.demoted), \"evicted\": \(c.evicted)}"

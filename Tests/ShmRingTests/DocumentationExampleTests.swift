@@ -26,7 +26,7 @@ import Testing
     @Test func theLossyExample() throws {
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
-        let dashboard = try RingConsumer(key: key, policy: .lossy)
+        let dashboard = try RingConsumer(key: key, configuration: .init(policy: .lossy))
         for price in 0..<1000 { try producer.publish([UInt8(truncatingIfNeeded: price)]) }
         var missed: UInt64 = 0
         var delivered: UInt64 = 0
@@ -49,7 +49,7 @@ import Testing
         }
 
         // Process B: a consumer attaches by the key (same credential checks) and polls.
-        let consumer = try RingConsumer(key: key, from: .oldest)
+        let consumer = try RingConsumer(key: key, configuration: .init(start: .oldest))
         var sizes: [Int] = []
         try consumer.poll { bytes, info in  // bytes: a RawSpan that cannot escape
             sizes.append(bytes.byteCount)

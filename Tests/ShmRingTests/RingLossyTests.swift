@@ -41,7 +41,7 @@ import Glibc
     @Test func aLappedLossyConsumerLearnsExactlyWhatItMissedAndResumesAtTheOldestIntactRecord() throws {
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
-        let consumer = try RingConsumer(key: key, policy: .lossy)
+        let consumer = try RingConsumer(key: key, configuration: .init(policy: .lossy))
         let published: UInt64 = 1000
         for index in 0..<published { #expect(try producer.publish(message(index)) == .published) }
         let (delivered, first) = try pollChecked(consumer)
@@ -64,7 +64,7 @@ import Glibc
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
         let gating = try RingConsumer(key: key)
-        let lossy = try RingConsumer(key: key, policy: .lossy)
+        let lossy = try RingConsumer(key: key, configuration: .init(policy: .lossy))
         var published: UInt64 = 0
         // The gating consumer holds the producer back after one lap; the lossy one never does.
         while try producer.publish(message(published)) == .published { published += 1 }
@@ -89,7 +89,7 @@ import Glibc
     @Test func aLossyConsumerOverwrittenWhileItsHandlerReadsInPlaceIsToldToDiscard() throws {
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
-        let consumer = try RingConsumer(key: key, policy: .lossy)
+        let consumer = try RingConsumer(key: key, configuration: .init(policy: .lossy))
         var published: UInt64 = 0
         for _ in 0..<10 {
             try producer.publish(message(published))
@@ -129,7 +129,7 @@ import Glibc
     @Test func aConsumerLappedOnEveryAttemptCannotKeepUpAndNeverHangs() throws {
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
-        let consumer = try RingConsumer(key: key, policy: .lossy)
+        let consumer = try RingConsumer(key: key, configuration: .init(policy: .lossy))
         for index in 0..<10 { try producer.publish(message(UInt64(index))) }
         // A producer whose tail intent runs a lap ahead of everything it commits (a hostile or
         // broken one): every attempt finds its position overwritten.
@@ -147,7 +147,7 @@ import Glibc
     @Test func aByteLagLimitDemotesAGatingConsumerAndItIsTold() throws {
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
-        let consumer = try RingConsumer(key: key, lagLimit: LagLimit(bytes: 1024))
+        let consumer = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit(bytes: 1024)))
         // Beyond 1024 bytes of lag the producer stops waiting for it: it never back-pressures.
         var published: UInt64 = 0
         for _ in 0..<500 {
@@ -168,7 +168,7 @@ import Glibc
     @Test func aTimeLagLimitDemotesAConsumerThatHoldsTheProducerBackTooLong() throws {
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
-        let consumer = try RingConsumer(key: key, lagLimit: LagLimit(time: .milliseconds(20)))
+        let consumer = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit(time: .milliseconds(20))))
         var published: UInt64 = 0
         while try producer.publish(message(published)) == .published { published += 1 }
         #expect(published == Self.recordsPerLap)
@@ -191,12 +191,12 @@ import Glibc
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
         expectRingError(.invalidConfiguration) {
-            _ = try RingConsumer(key: key, policy: .lossy, lagLimit: LagLimit(bytes: 10))
+            _ = try RingConsumer(key: key, configuration: .init(policy: .lossy, lagLimit: LagLimit(bytes: 10)))
         }
-        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, lagLimit: LagLimit()) }
-        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, lagLimit: LagLimit(bytes: 0)) }
-        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, lagLimit: LagLimit(bytes: 8192)) }
-        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, lagLimit: LagLimit(time: .zero)) }
+        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit())) }
+        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit(bytes: 0))) }
+        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit(bytes: 8192))) }
+        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit(time: .zero))) }
         _ = producer
     }
 
@@ -253,7 +253,7 @@ import Glibc
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
         let gating = try RingConsumer(key: key)
-        let lossy = try RingConsumer(key: key, policy: .lossy)
+        let lossy = try RingConsumer(key: key, configuration: .init(policy: .lossy))
         try producer.publish(message(0))
         try producer.publish(message(1))
         return (producer, gating, lossy)
@@ -302,7 +302,7 @@ import Glibc
         try producer.publish(message(0))
         CShmAtomics_u64_store_release(producer.view.word(RingLayout.Producer.tail), 4093)
         expectRingError(.corrupted) { _ = try RingConsumer(key: key) }
-        expectRingError(.corrupted) { _ = try RingConsumer(key: key, policy: .lossy) }
+        expectRingError(.corrupted) { _ = try RingConsumer(key: key, configuration: .init(policy: .lossy)) }
     }
 
     /// From a review: with alignment 8 a padding record can be 8 bytes, the last 8 of the lap. A
@@ -314,7 +314,7 @@ import Glibc
         configuration.initialPosition = 4096 - 8
         let producer = try RingProducer(key: key, configuration: configuration)
         let gating = try RingConsumer(key: key)
-        let lossy = try RingConsumer(key: key, policy: .lossy)
+        let lossy = try RingConsumer(key: key, configuration: .init(policy: .lossy))
         #expect(gating.position == 4088 && lossy.position == 4088)
         for _ in 0..<100 {
             #expect(try pollChecked(gating).count == 0)
@@ -330,7 +330,7 @@ import Glibc
     @Test func anInPlacePollAfterALapReportsTheLossWithItsFirstMessage() throws {
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
-        let consumer = try RingConsumer(key: key, policy: .lossy)
+        let consumer = try RingConsumer(key: key, configuration: .init(policy: .lossy))
         for index in 0..<1000 { try producer.publish(message(UInt64(index))) }
         var infos: [RingRecordInfo] = []
         let result = try consumer.pollInPlace { _, info in
@@ -350,7 +350,7 @@ import Glibc
     @Test func anInPlacePollReportsTheLossWhenItResumedAtPadding() throws {
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
-        let consumer = try RingConsumer(key: key, policy: .lossy)
+        let consumer = try RingConsumer(key: key, configuration: .init(policy: .lossy))
         for index in 0..<63 { try producer.publish(message(UInt64(index))) }
         #expect(producer.position == 4032)  // 64 bytes left in the lap
         // A producer whose intent runs laps ahead: everything handed out is torn, and the

@@ -220,6 +220,32 @@ func expectRingError(
         expectRingError(.typeMismatch) { try consumer.poll(as: UInt64.self) { _, _ in .continue } }
     }
 
+    /// A ring created with a name and a version of its own (`RingTypeFingerprint(T.self, name:,
+    /// version:)`): the producer publishes `T` (its layout is checked); a consumer that states the
+    /// same fingerprint reads it, one that states another version is refused at attach, and one
+    /// that states none is told to (`T`'s own fingerprint has another name).
+    @Test func aTypeWithAChosenNameAndVersionIsPublishedAndReadByThoseWhoStateIt() throws {
+        struct Tick: BitwiseCopyable, Equatable {
+            var price: Double
+            var size: Int32
+        }
+        let fingerprint = RingTypeFingerprint(Tick.self, name: "Tick", version: 3)
+        let (producer, anonymous) = try ring { $0.fingerprint = fingerprint }
+        let stated = try RingConsumer(key: producer.key, configuration: .init(valueType: fingerprint))
+        #expect(try producer.publish(value: Tick(price: 2.5, size: 7)) == .published)
+        var ticks: [Tick] = []
+        try stated.poll(as: Tick.self) { tick, _ in
+            ticks.append(tick)
+            return .continue
+        }
+        #expect(ticks == [Tick(price: 2.5, size: 7)])
+        expectRingError(.typeMismatch) { try anonymous.poll(as: Tick.self) { _, _ in .continue } }
+        expectRingError(.typeMismatch) {
+            _ = try RingConsumer(
+                key: producer.key, configuration: .init(valueType: RingTypeFingerprint(Tick.self, name: "Tick", version: 4)))
+        }
+    }
+
     @Test func leaveAndStopInAHandler() throws {
         let (producer, consumer) = try ring()
         for value in 0..<5 { try producer.publish([UInt8(value)]) }
@@ -242,9 +268,9 @@ func expectRingError(
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
         let holder = try RingConsumer(key: key)
         for value in 0..<10 { try producer.publish([UInt8(value)]) }
-        let oldest = try RingConsumer(key: key, from: .oldest)
+        let oldest = try RingConsumer(key: key, configuration: .init(start: .oldest))
         #expect(try drain(oldest).map(\.0) == Array(0..<10))
-        let newest = try RingConsumer(key: key, from: .newest)
+        let newest = try RingConsumer(key: key, configuration: .init(start: .newest))
         #expect(try drain(newest).isEmpty)
         try producer.publish([10])
         #expect(try drain(newest).map(\.0) == [10])
@@ -292,7 +318,7 @@ func expectRingError(
             }
         }
         #expect(inBatch > 0 && inBatch <= 4096 / 112, "at most one lap in one batch: \(inBatch)")
-        let consumer = try RingConsumer(key: key, from: .oldest)
+        let consumer = try RingConsumer(key: key, configuration: .init(start: .oldest))
         let got = try drain(consumer)
         #expect(got.count == inBatch)
         #expect(
@@ -325,7 +351,7 @@ func expectRingError(
             _ = try drain(holder, limit: 20)
         }
         let heldFrom = holder.nextSequence
-        let oldest = try RingConsumer(key: key, from: .oldest)
+        let oldest = try RingConsumer(key: key, configuration: .init(start: .oldest))
         let got = try drain(oldest)
         let first = try #require(got.first?.0)
         // At most a ring's worth behind the tail (what the producer's last look at the holder
@@ -346,7 +372,7 @@ func expectRingError(
         let producer = try RingProducer(key: key, configuration: configuration)
         expectRingError(.gatingRefused) { _ = try RingConsumer(key: key) }
         // Lossy consumers are served, and the producer never waits.
-        let lossy = try RingConsumer(key: key, policy: .lossy)
+        let lossy = try RingConsumer(key: key, configuration: .init(policy: .lossy))
         for index in 0..<1000 { #expect(try producer.publish([UInt8(truncatingIfNeeded: index)]) == .published) }
         _ = try drain(lossy)
         #expect(lossy.delivered + lossy.lappedMessages == 1000 && lossy.lappedMessages > 0)

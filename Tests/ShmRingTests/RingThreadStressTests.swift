@@ -21,7 +21,7 @@ final class Handoff<T>: @unchecked Sendable {
         let key = uniqueKey()
         let messages = 100_000
         let producer = Handoff(try RingProducer(key: key, configuration: RingConfiguration(capacity: 16384)))
-        let consumers = try (0..<2).map { _ in Handoff(try RingConsumer(key: key, from: .oldest)) }
+        let consumers = try (0..<2).map { _ in Handoff(try RingConsumer(key: key, configuration: .init(start: .oldest))) }
         let results = consumers.map { _ in Handoff(UnsafeMutablePointer<Int>.allocate(capacity: 4)) }
         defer { for result in results { result.value.deallocate() } }
         let readers = try zip(consumers, results).map { consumer, result in
@@ -105,8 +105,8 @@ final class Handoff<T>: @unchecked Sendable {
         let messages = 200_000
         let producer = Handoff(try RingProducer(key: key, configuration: RingConfiguration(capacity: 16384)))
         let consumers = [
-            Handoff(try RingConsumer(key: key, policy: .lossy)),
-            Handoff(try RingConsumer(key: key, lagLimit: LagLimit(bytes: 4096))),
+            Handoff(try RingConsumer(key: key, configuration: .init(policy: .lossy))),
+            Handoff(try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit(bytes: 4096)))),
         ]
         // delivered, lapped, unreported gaps, corrupted, unexpected errors, demotions
         let results = consumers.map { _ in Handoff(UnsafeMutablePointer<Int>.allocate(capacity: 6)) }

@@ -17,7 +17,7 @@ final class RingPair {
     init(size: Int, policy: ConsumerPolicy = .gating) throws {
         let key = "bench-ring-\(size)-\(policy)-\(getpid())"
         producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 22))
-        consumer = try RingConsumer(key: key, policy: policy)
+        consumer = try RingConsumer(key: key, configuration: .init(policy: policy))
         payload = .allocate(byteCount: size, alignment: 16)
         payload.initializeMemory(as: UInt8.self, repeating: 7)
     }

@@ -110,9 +110,11 @@ public final class RingConsumer {
     /// The ring's identity.
     public let segmentID: SegmentID
     /// How it attached (see `isDemoted`).
-    public let policy: ConsumerPolicy
+    public let configuration: ConsumerConfiguration
+    /// Gating or lossy, as it attached (see `isDemoted`).
+    public var policy: ConsumerPolicy { configuration.policy }
     /// Its lag limit, if any.
-    public let lagLimit: LagLimit?
+    public var lagLimit: LagLimit? { configuration.lagLimit }
     private let headerSegment: Segment
     private let slotSegment: Segment
     private let connection: FileDescriptor
@@ -138,25 +140,17 @@ public final class RingConsumer {
     /// had been chosen (tests check the resumption point against them).
     package var lastLapFloor: (found: UInt64, resumed: UInt64) { state.pointee.lastLapFloor }
 
-    /// Attaches to the ring served under `key`.
+    /// Attaches to the ring served under `key`, as `configuration` says (by default: gating, from
+    /// the next message published).
     ///
-    /// - Parameters:
-    ///   - from: `.newest` (the next message published) or `.oldest` (the oldest record still
-    ///     guaranteed intact).
-    ///   - policy: `.gating` (the producer waits for it) or `.lossy` (it never does).
-    ///   - lagLimit: for a gating consumer, when the producer may stop waiting for it (it is then
-    ///     demoted to lossy, and told). Such a consumer copies and validates what it reads, as a
-    ///     lossy one does.
-    ///   - trustedCreators: the uids accepted as producer (default: this process's).
     /// - Throws: `RingError` with `.notFound`, `.permissionDenied`, `.incompatibleLayout` (not a
     ///   ring, or a layout this build does not read), `.tooManyConsumers`, `.gatingRefused`,
-    ///   `.corrupted`, `.keyError`, `.invalidConfiguration` (a lag limit for a lossy consumer, or
-    ///   one out of range).
+    ///   `.typeMismatch` (the configured value type is not the ring's), `.corrupted`, `.keyError`,
+    ///   `.invalidConfiguration` (a lag limit for a lossy consumer, or one out of range).
     public init(
-        key: String, from start: RingStartPosition = .newest, policy: ConsumerPolicy = .gating,
-        lagLimit: LagLimit? = nil, namespace: KeyNamespace = .abstract, trustedCreators: Set<uid_t> = [geteuid()],
-        timeout: Duration = .seconds(5)
+        key: String, namespace: KeyNamespace = .abstract, configuration: ConsumerConfiguration = ConsumerConfiguration()
     ) throws(RingError) {
+        let (start, policy, lagLimit) = (configuration.start, configuration.policy, configuration.lagLimit)
         if let lagLimit {
             guard policy == .gating else {
                 throw RingError(
@@ -172,7 +166,7 @@ public final class RingConsumer {
         var connection = try RingRendezvous.connect(
             key: key, namespace: namespace,
             request: RendezvousProtocol.Request(kind: .attachRingConsumer, flags: policy == .gating ? [.gating] : []),
-            trustedCreators: trustedCreators, timeout: timeout)
+            trustedCreators: configuration.trustedCreators, timeout: configuration.timeout)
         let reply = connection.reply
         guard reply.layoutVersion == RingLayout.version else {
             throw RingError(
@@ -209,8 +203,7 @@ public final class RingConsumer {
         self.key = key
         self.slotIndex = Int(reply.slot)
         self.segmentID = reply.segmentID
-        self.policy = policy
-        self.lagLimit = lagLimit
+        self.configuration = configuration
         self.fingerprint = config.fingerprint
         self.headerSegment = header
         self.slotSegment = slotSegment
@@ -232,6 +225,10 @@ public final class RingConsumer {
         guard generation != 0, generation == reply.generation else {
             throw RingError(
                 .corrupted, key: key, "slot \(reply.slot) has generation \(generation), not \(reply.generation)")
+        }
+        if let expected = configuration.valueType, expected != config.fingerprint {
+            throw RingError(
+                .typeMismatch, key: key, "\(key) carries \(config.fingerprint); this consumer expects \(expected)")
         }
         try join(from: start, generation: generation)
     }
@@ -785,7 +782,7 @@ public final class RingConsumer {
 
     @usableFromInline
     func verify<T: BitwiseCopyable>(_: T.Type) throws(RingError) {
-        try fingerprint.check(T.self, key: key)
+        try fingerprint.checkRead(T.self, statedAtAttach: configuration.valueType != nil, key: key)
         state.pointee.verifiedType = ObjectIdentifier(T.self)
     }
 

@@ -34,9 +34,10 @@ public struct RingSnapshot: Sendable, Equatable {
     public struct Consumer: Sendable, Equatable {
         public var slot: Int
         public var pid: Int32
-        /// "gating", "lossy", or the raw value of a policy this build does not know (as the
-        /// consumer wrote it: a demoted consumer says "lossy").
-        public var policy: String
+        /// Gating or lossy, as the consumer wrote it (a demoted consumer says lossy); nil for a
+        /// value this build does not know, which `rawPolicy` holds.
+        public var policy: ConsumerPolicy?
+        public var rawPolicy: UInt32
         public var position: UInt64
         /// Bytes between the consumer's cursor and the producer's position.
         public var lag: UInt64
@@ -139,7 +140,7 @@ public final class RingObserver {
                     pid: Int32(
                         bitPattern: CShmAtomics_u32_load_relaxed(
                             (page + RingLayout.Slot.pid).assumingMemoryBound(to: UInt32.self))),
-                    policy: ConsumerPolicy(rawValue: rawPolicy).map { "\($0)" } ?? "unknown(\(rawPolicy))",
+                    policy: ConsumerPolicy(rawValue: rawPolicy), rawPolicy: rawPolicy,
                     position: cursor, lag: Int64(bitPattern: position &- cursor) < 0 ? 0 : position &- cursor,
                     delivered: word(RingLayout.Slot.delivered),
                     deliveredBytes: word(RingLayout.Slot.deliveredBytes),

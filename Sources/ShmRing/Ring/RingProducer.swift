@@ -192,7 +192,7 @@ public final class RingProducer {
         writeHeader(config, id: id)
         do {
             try server.start(
-                admits: { [policy = config.policy] in policy.admits($0) },
+                admits: { [access = config.access] in access.admits($0) },
                 handler: Self.handler(
                     key: key, slots: slots, header: header, capacity: config.capacity, id: id,
                     refusesGating: config.refusesGating))
@@ -800,7 +800,7 @@ public final class RingProducer {
 
     @usableFromInline
     func verify<T: BitwiseCopyable>(_: T.Type) throws(RingError) {
-        try fingerprint.check(T.self, key: key)
+        try fingerprint.checkLayout(of: T.self, key: key)
         state.pointee.verifiedType = ObjectIdentifier(T.self)
     }
 

@@ -165,6 +165,38 @@ public struct LagLimit: Equatable, Sendable {
     }
 }
 
+/// How a consumer attaches (`RingConsumer(key:namespace:configuration:)`).
+public struct ConsumerConfiguration: Sendable, Equatable {
+    /// Where it starts: the next message published (default), or the oldest still intact.
+    public var start: RingStartPosition
+    /// Gating (default: the producer waits for it) or lossy (the producer never does).
+    public var policy: ConsumerPolicy
+    /// For a gating consumer: when the producer may stop waiting for it (it is then demoted to
+    /// lossy, and told). Such a consumer copies and validates what it reads, as a lossy one does.
+    public var lagLimit: LagLimit?
+    /// The type of the values it reads with `poll(as:)`, compared whole (name, layout, version)
+    /// with the ring's at attach. Without it, `poll(as: T.self)` expects `T`'s own fingerprint
+    /// (`RingTypeFingerprint(T.self)`), so a ring created with a custom name or a version needs it.
+    public var valueType: RingTypeFingerprint?
+    /// The users accepted as the ring's producer (default: this process's).
+    public var trustedCreators: Set<uid_t>
+    /// The longest the handshake with the producer may take.
+    public var timeout: Duration
+
+    public init(
+        start: RingStartPosition = .newest, policy: ConsumerPolicy = .gating, lagLimit: LagLimit? = nil,
+        valueType: RingTypeFingerprint? = nil, trustedCreators: Set<uid_t> = [geteuid()],
+        timeout: Duration = .seconds(5)
+    ) {
+        self.start = start
+        self.policy = policy
+        self.lagLimit = lagLimit
+        self.valueType = valueType
+        self.trustedCreators = trustedCreators
+        self.timeout = timeout
+    }
+}
+
 /// Facts about one message handed to a poll handler.
 public struct RingRecordInfo: Equatable, Sendable {
     /// The message's sequence number (63 bits, wrapping).
@@ -226,11 +258,29 @@ public struct RingTypeFingerprint: Equatable, Sendable, CustomStringConvertible 
         "type \(String(nameHash, radix: 16)) size \(size) stride \(stride) alignment \(alignment) version \(version)"
     }
 
-    /// Checks that `T` (at this fingerprint's version) is the ring's type.
-    func check<T: BitwiseCopyable>(_: T.Type, key: String) throws(RingError) {
+    /// Checks that `T` has this fingerprint's layout (size, stride, alignment): the producer's
+    /// check before `publish(value:)`. The name and version label the ring's type; they are
+    /// compared with a consumer's at attach, or with `T`'s own when the consumer stated none.
+    func checkLayout<T: BitwiseCopyable>(of _: T.Type, key: String) throws(RingError) {
         let actual = RingTypeFingerprint(T.self, version: version)
-        guard actual == self else {
-            throw RingError(.typeMismatch, key: key, "\(T.self) is \(actual); the ring carries \(self)")
+        guard actual.size == size, actual.stride == stride, actual.alignment == alignment else {
+            throw RingError(
+                .typeMismatch, key: key,
+                "\(T.self) (size \(actual.size), stride \(actual.stride), alignment \(actual.alignment)) is not the "
+                    + "ring's type (\(self))")
+        }
+    }
+
+    /// A consumer's check before `poll(as: T.self)`: `T` has the ring's layout and, when the
+    /// consumer stated no value type at attach, `T`'s own fingerprint (its name, version 0) is
+    /// the ring's.
+    func checkRead<T: BitwiseCopyable>(_: T.Type, statedAtAttach: Bool, key: String) throws(RingError) {
+        try checkLayout(of: T.self, key: key)
+        guard statedAtAttach || RingTypeFingerprint(T.self) == self else {
+            throw RingError(
+                .typeMismatch, key: key,
+                "the ring carries \(self), not \(T.self)'s own fingerprint (\(RingTypeFingerprint(T.self))): state "
+                    + "the ring's value type in the consumer's configuration (valueType) to read it as \(T.self)")
         }
     }
 }
@@ -248,8 +298,8 @@ public struct RingConfiguration: Sendable, Equatable {
     /// Refuse gating consumers: the producer then never waits.
     public var refusesGating: Bool
     /// Who may attach as a consumer (the same rules as `SharedMemory`; `writers` is ignored: only
-    /// the producer writes a ring).
-    public var policy: AccessPolicy
+    /// the producer writes a ring). In the ring's API "policy" alone means a consumer's policy.
+    public var access: AccessPolicy
     /// The type of the values published with `publish(value:)`; `.untyped` for byte messages.
     public var fingerprint: RingTypeFingerprint
     /// The position of the first record (a multiple of `alignment`). Any value works, since
@@ -264,7 +314,7 @@ public struct RingConfiguration: Sendable, Equatable {
         self.maxMessageLength = nil
         self.maxConsumers = 64
         self.refusesGating = false
-        self.policy = AccessPolicy()
+        self.access = AccessPolicy()
         self.fingerprint = .untyped
         self.initialPosition = 0
         self.initialSequence = 0
