@@ -438,17 +438,19 @@ struct StaleWriter {
         if let abortLength = record.abortLength, !abortDone {
             checkUnforged(at: producer.position)
             var body = (random: random, planted: 0, sweep: sweep)
-            let result = try producer.claim(length: abortLength) { [self] buffer in
-                if scribble {
-                    body.planted += plant(buffer, random: &body.random, sweep: &body.sweep)
-                } else {
-                    spoil(buffer, random: &body.random)
+            let result = try producer.claim(length: abortLength) { [self] span in
+                span.withUnsafeMutableBytes { buffer in
+                    if scribble {
+                        body.planted += plant(buffer, random: &body.random, sweep: &body.sweep)
+                    } else {
+                        spoil(buffer, random: &body.random)
+                    }
                 }
                 return .abort
             }
             random = body.random
             sweep = body.sweep
-            guard result == .published else {
+            guard result == .aborted else {
                 backPressured += 1
                 return false
             }
@@ -461,33 +463,40 @@ struct StaleWriter {
         checkUnforged(at: position)
         if planned.start != position { checkUnforged(at: planned.start) }
         plan.content(sequence, length: record.length, into: scratch)
-        let result: PublishResult
+        let written: Bool
         switch record.kind {
         case .bytes:
-            result = try producer.publish(UnsafeRawBufferPointer(start: scratch, count: record.length), type: record.type)
+            written =
+                try producer.publish(UnsafeRawBufferPointer(start: scratch, count: record.length), type: record.type)
+                == .published
         case .typed:
+            let result: PublishResult
             switch plan.typedSize {
             case 1: result = try producer.publish(value: scratch.load(as: UInt8.self), type: record.type)
             case 3: result = try producer.publish(value: scratch.loadUnaligned(as: Odd3.self), type: record.type)
             case 13: result = try producer.publish(value: scratch.loadUnaligned(as: Odd13.self), type: record.type)
             default: result = try producer.publish(value: scratch.loadUnaligned(as: Odd49.self), type: record.type)
             }
+            written = result == .published
         case .claim:
             let chunks = plan.hash(sequence, 4)
-            result = try producer.claim(length: record.length, type: record.type) { [scratch] buffer in
+            let result = try producer.claim(length: record.length, type: record.type) { [scratch] span in
                 // In pieces of 1 to 8 bytes, most of them not whole words.
-                var offset = 0
-                var sizes = chunks
-                while offset < buffer.count {
-                    let size = min(1 + Int(sizes & 7), buffer.count - offset)
-                    sizes = sizes >> 3 | sizes << 61
-                    (buffer.baseAddress! + offset).copyMemory(from: scratch + offset, byteCount: size)
-                    offset += size
+                span.withUnsafeMutableBytes { buffer in
+                    var offset = 0
+                    var sizes = chunks
+                    while offset < buffer.count {
+                        let size = min(1 + Int(sizes & 7), buffer.count - offset)
+                        sizes = sizes >> 3 | sizes << 61
+                        (buffer.baseAddress! + offset).copyMemory(from: scratch + offset, byteCount: size)
+                        offset += size
+                    }
                 }
                 return .commit
             }
+            written = result == .published
         }
-        guard result == .published else {
+        guard written else {
             backPressured += 1
             return false
         }

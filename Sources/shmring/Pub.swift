@@ -159,8 +159,10 @@ struct Pub: ParsableCommand {
             }
             var rounds = 0
             while true {
-                let result = try producer.claim(length: size, type: StreamRecord.generated) { buffer in
-                    GeneratedMessage.write(sequence: sequence, timestamp: monotonicNanoseconds(), into: buffer)
+                let result = try producer.claim(length: size, type: StreamRecord.generated) { span in
+                    span.withUnsafeMutableBytes {
+                        GeneratedMessage.write(sequence: sequence, timestamp: monotonicNanoseconds(), into: $0)
+                    }
                     return .commit
                 }
                 if result == .published { break }

@@ -82,8 +82,8 @@ struct FortyNineBytes: BitwiseCopyable {
             let value = payload.withUnsafeBytes { $0.loadUnaligned(as: FortyNineBytes.self) }
             #expect(try producer.publish(value: value) == .published)
         case .claim:
-            let result = try producer.claim(length: 49) { buffer in
-                for index in 0..<49 { buffer[index] = payload[index] }  // byte by byte
+            let result = try producer.claim(length: 49) { span in
+                for index in 0..<49 { span.storeBytes(of: payload[index], toByteOffset: index, as: UInt8.self) }
                 return .commit
             }
             #expect(result == .published)

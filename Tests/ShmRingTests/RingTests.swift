@@ -137,14 +137,45 @@ func expectRingError(
 
     @Test func aClaimWhileAnotherIsOutstandingIsRefused() throws {
         let (producer, consumer) = try ring()
-        try producer.claim(length: 8) { buffer in
-            buffer.storeBytes(of: UInt64(42), as: UInt64.self)
+        let result = try producer.claim(length: 8) { span in
+            span.storeBytes(of: UInt64(42), as: UInt64.self)
             expectRingError(.claimOutstanding) { try producer.publish([1]) }
-            expectRingError(.claimOutstanding) { try producer.claim(length: 1) { _ in .commit } }
+            do throws(ClaimError<Never>) {
+                try producer.claim(length: 1) { _ in .commit }
+                Issue.record("a claim inside a claim was not refused")
+            } catch {
+                guard case .ring(let refusal) = error else { return .abort }
+                #expect(refusal.code == .claimOutstanding)
+            }
             return .commit
         }
+        #expect(result == .published)
         let got = try drain(consumer)
         #expect(got.count == 1 && got[0].1 == withUnsafeBytes(of: UInt64(42)) { Array($0) })
+    }
+
+    /// A claim says what came of it; what its body throws comes back as it was thrown.
+    @Test func aClaimSaysItAbortedAndPassesTheBodysErrorThrough() throws {
+        struct Refusal: Error, Equatable { var reason: Int }
+        let (producer, consumer) = try ring()
+        #expect(try producer.claim(length: 16) { _ in .abort } == .aborted)
+        do throws(ClaimError<Refusal>) {
+            try producer.claim(length: 16) { _ throws(Refusal) in throw Refusal(reason: 7) }
+            Issue.record("the body's error was lost")
+        } catch {
+            switch error {
+            case .body(let refusal): #expect(refusal == Refusal(reason: 7))
+            case .ring(let ringError): Issue.record("unexpected \(ringError)")
+            }
+        }
+        do throws(ClaimError<Never>) {
+            try producer.claim(length: producer.maxMessageLength + 1) { _ in .commit }
+            Issue.record("a claim longer than the maximum was not refused")
+        } catch {
+            guard case .ring(let refusal) = error else { return }
+            #expect(refusal.code == .messageTooLong)
+        }
+        #expect(try drain(consumer).isEmpty, "nothing was published")
     }
 
     @Test func abortAndThrowInsideABatchDropOnlyThoseRecords() throws {
@@ -152,8 +183,10 @@ func expectRingError(
         let (producer, consumer) = try ring()
         try producer.batch { producer in
             try producer.publish([1])
-            try producer.claim(length: 100) { _ in .abort }
-            #expect(throws: Failure.self) { try producer.claim(length: 5) { _ in throw Failure() } }
+            #expect(try producer.claim(length: 100) { _ in .abort } == .aborted)
+            #expect(throws: ClaimError<Failure>.self) {
+                try producer.claim(length: 5) { _ throws(Failure) in throw Failure() }
+            }
             try producer.publish([3])
             // Nothing of a batch is visible before it ends.
             #expect(try drain(consumer).isEmpty)

@@ -332,39 +332,48 @@ public final class RingProducer {
 
     /// Claims `length` bytes in the ring for `body` to fill in place (zero-copy).
     ///
-    /// The claim is scoped to `body`: it cannot outlive it, so there is never a forgotten claim
-    /// that would stall every consumer. `body` returns `.commit` to publish or `.abort` to drop the
-    /// record; if it throws, the record is dropped and the error rethrown. A claim (or publish)
-    /// inside `body` is `.claimOutstanding`.
+    /// The claim is scoped to `body`: it cannot outlive it, and neither can the span it gets, so
+    /// there is never a forgotten claim that would stall every consumer. `body` returns `.commit`
+    /// to publish or `.abort` to drop the record; if it throws, the record is dropped and its error
+    /// passes through (`ClaimError.body`). A claim (or publish) inside `body` is refused.
     ///
-    /// `body` should write every byte of the buffer: the buffer is the ring's memory as an earlier
-    /// lap left it (only its last 8-byte word, when `length` is not a multiple of 8, is zeroed
-    /// before `body` runs), and bytes left unwritten are published as they are. Whatever `body`
-    /// writes, or leaves, no consumer mistakes it for a record (docs/ring.md, "Stale memory").
+    /// `body` should write every byte of the span: it is the ring's memory as an earlier lap left
+    /// it (only its last 8-byte word, when `length` is not a multiple of 8, is zeroed before `body`
+    /// runs), and bytes left unwritten are published as they are. Whatever `body` writes, or
+    /// leaves, no consumer mistakes it for a record (docs/ring.md, "Stale memory").
     ///
-    /// - Returns: `.published` (also after `.abort`: nothing was back-pressured) or
-    ///   `.backPressured`, in which case `body` did not run.
+    /// - Returns: `.published`, `.aborted` (the body said so; nothing was published), or
+    ///   `.backPressured` (a gating consumer has not read far enough; the body did not run).
+    /// - Throws: `ClaimError.ring` with `.messageTooLong`, `.claimOutstanding` or `.closed`
+    ///   (the body did not run); `ClaimError.body` with what the body threw.
     @inlinable
     @discardableResult
-    public func claim(
-        length: Int, type: UInt32 = 0, _ body: (UnsafeMutableRawBufferPointer) throws -> ClaimDecision
-    ) throws -> PublishResult {
-        guard let record = try reserve(length: length) else { return .backPressured }
+    public func claim<Failure: Error>(
+        length: Int, type: UInt32 = 0, _ body: (inout MutableRawSpan) throws(Failure) -> ClaimDecision
+    ) throws(ClaimError<Failure>) -> ClaimResult {
+        let reserved: UInt64?
+        do {
+            reserved = try reserve(length: length)
+        } catch {
+            throw .ring(error)
+        }
+        guard let record = reserved else { return .backPressured }
         state.pointee.busy = true
         defer { state.pointee.busy = state.pointee.closed }
-        let payload = UnsafeMutableRawBufferPointer(start: payloadStart(record, length: length), count: length)
+        var span = MutableRawSpan(
+            _unsafeBytes: UnsafeMutableRawBufferPointer(start: payloadStart(record, length: length), count: length))
         let decision: ClaimDecision
         do {
-            decision = try body(payload)
+            decision = try body(&span)
         } catch {
             abandon(record: record)
-            throw error
+            throw .body(error)
         }
-        if decision == .commit {
-            commit(record: record, length: length, type: type)
-        } else {
+        guard decision == .commit else {
             abandon(record: record)
+            return .aborted
         }
+        commit(record: record, length: length, type: type)
         return .published
     }
 

@@ -114,6 +114,25 @@ public enum PublishResult: Equatable, Sendable {
     case backPressured
 }
 
+/// What came of a claim (`RingProducer.claim`).
+public enum ClaimResult: Equatable, Sendable {
+    /// The body committed: consumers can see the record.
+    case published
+    /// The body aborted: nothing was published, and the space is used by the next record.
+    case aborted
+    /// A gating consumer has not read far enough: the body did not run.
+    case backPressured
+}
+
+/// Why a claim threw: the ring refused it before the body ran, or the body threw (the record was
+/// dropped). With a body that cannot throw, only `.ring` can happen.
+public enum ClaimError<Failure: Error>: Error {
+    /// `.messageTooLong`, `.claimOutstanding` or `.closed`: the body did not run.
+    case ring(RingError)
+    /// What the body threw; nothing was published.
+    case body(Failure)
+}
+
 /// What a claim's body decides.
 public enum ClaimDecision: Equatable, Sendable {
     /// Publish the record.
