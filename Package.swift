@@ -1,7 +1,11 @@
-// swift-tools-version:6.1
+// swift-tools-version:6.2
 // ShmRing: shared-memory messaging for Linux. See docs/architecture.md for the layers and what may
 // import what.
 import PackageDescription
+
+// Our own targets treat every warning as an error, in every build (dependencies keep theirs).
+let swiftSettings: [SwiftSetting] = [.treatAllWarnings(as: .error)]
+let cSettings: [CSetting] = [.enableWarning("all"), .enableWarning("extra"), .treatAllWarnings(as: .error)]
 
 let package = Package(
     name: "ShmRing",
@@ -16,7 +20,7 @@ let package = Package(
     ],
     targets: [
         // Layer 0: C. Header-only C11 atomics over raw pointers (Swift cannot import _Atomic).
-        .target(name: "CShmAtomics"),
+        .target(name: "CShmAtomics", cSettings: cSettings),
         // liburing, found through pkg-config; Debian's liburing-dev provides it.
         .systemLibrary(
             name: "CLibURing",
@@ -28,7 +32,7 @@ let package = Package(
         .target(
             name: "CShmLinux",
             dependencies: ["CLibURing"],
-            cSettings: [.define("_GNU_SOURCE")]
+            cSettings: cSettings + [.define("_GNU_SOURCE")]
         ),
         // Layer 1: the Swift library.
         .target(
@@ -37,13 +41,14 @@ let package = Package(
                 "CShmAtomics",
                 "CShmLinux",
                 .product(name: "SystemPackage", package: "swift-system"),
-            ]
+            ],
+            swiftSettings: swiftSettings
         ),
         // Beside the library, never in it: what the test peer, the tests and the command's
         // generated traffic need (seeded randomness, self-checking messages; in C, a seccomp
         // filter, CPU pinning, spawning with other descriptors closed).
-        .target(name: "CShmTestSupport", cSettings: [.define("_GNU_SOURCE")]),
-        .target(name: "ShmRingTestSupport"),
+        .target(name: "CShmTestSupport", cSettings: cSettings + [.define("_GNU_SOURCE")]),
+        .target(name: "ShmRingTestSupport", swiftSettings: swiftSettings),
         // Layer 2: the command-line tool.
         .executableTarget(
             name: "shmring",
@@ -54,7 +59,8 @@ let package = Package(
                 "CShmLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
-            ]
+            ],
+            swiftSettings: swiftSettings
         ),
         // The process that multi-process tests spawn (docs/testing.md).
         .executableTarget(
@@ -66,7 +72,8 @@ let package = Package(
                 "CShmLinux",
                 "CShmTestSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
-            ]
+            ],
+            swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "ShmRingTests",
@@ -79,7 +86,8 @@ let package = Package(
                 "CShmLinux",
                 "CShmTestSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
-            ]
+            ],
+            swiftSettings: swiftSettings
         ),
     ],
     swiftLanguageModes: [.v6]
