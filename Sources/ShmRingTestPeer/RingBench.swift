@@ -7,11 +7,12 @@ import ShmRing
 import Glibc
 #endif
 
-/// Two-process benchmarks of the ring, shaped like perf/c/twin.c so that perf/ring-vs-c.sh can
-/// compare them in one run: the same capacity (1 MiB), payload, pinning and timing.
+/// Two-process benchmarks of the ring, shaped like perf/c/harness.h so that perf/study.sh can
+/// compare them in one run: the same capacity (1 MiB unless `--capacity`), payload, pinning and
+/// timing.
 ///
 /// `ring-bench --mode throughput|rtt --count N --size S --cpu-a A --cpu-b B [--alignment AL]
-/// [--batch BA]`: this process is side A (producer of the data, or the pinger); it spawns itself as
+/// [--batch BA] [--capacity BYTES]`: this process is side A (producer of the data, or the pinger); it spawns itself as
 /// side B (`ring-bench-child`).
 enum RingBench {
     static func run(_ options: PeerOptions) throws {
@@ -19,12 +20,13 @@ enum RingBench {
         let count = options.int("count")
         let size = options.int("size")
         let key = "bench-\(getpid())"
-        var configuration = RingConfiguration(capacity: 1 << 20)
+        var configuration = RingConfiguration(capacity: options.int("capacity", default: 1 << 20))
         configuration.alignment = options.int("alignment", default: 16)
         let producer = try RingProducer(key: key, configuration: configuration)
         let child = try spawnChild([
             "ring-bench-child", "--mode", mode, "--key", key, "--count", "\(count)", "--size", "\(size)", "--cpu",
-            options.string("cpu-b"), "--alignment", "\(configuration.alignment)",
+            options.string("cpu-b"), "--alignment", "\(configuration.alignment)", "--capacity",
+            "\(configuration.capacity)",
         ])
         _ = CShmTestSupport_pin_thread_to_cpu(Int32(options.int("cpu-a")))
         while producer.activeConsumerCount < 1 { usleep(100) }
@@ -106,7 +108,7 @@ enum RingBench {
                 "shmring size=\(size) messages=\(count) msgs_per_s=\(Int(Double(count) / seconds)) "
                     + "bytes_per_s=\(Int(Double(count * size) / seconds)) checksum=\(sum)")
         } else {
-            var configuration = RingConfiguration(capacity: 1 << 20)
+            var configuration = RingConfiguration(capacity: options.int("capacity", default: 1 << 20))
             configuration.alignment = options.int("alignment", default: 16)
             let pong = try RingProducer(key: key + "-pong", configuration: configuration)
             let payload = [UInt8](repeating: 7, count: size)

@@ -1,0 +1,293 @@
+// The record-protocol study: a commit-in-header ring (a 16-byte header per record: commit word,
+// length, type; the commit word stored last, with release) whose costs can be switched on one at
+// a time. With every knob at its default it is the minimal commit-in-header ring: the floor for a
+// ring's round trip here. docs/performance.md, "The record protocol, studied in C", has the table.
+//
+// Knobs (-D at compile time):
+//   ALIGN=16          record alignment (a record is 16 + payload bytes, rounded up to it)
+//   MIX=0|1           commit word: sequence + 1 (0), or ShmRing's (1): CShmRing_record_word, a
+//                     64-bit mix of sequence and salt, XOR the record's shape (both sides compute it)
+//   KEEP=0|1|2        producer bookkeeping per publish: none (0); ShmRing layout 3's (1): the tail
+//                     intent (relaxed store + release fence) on every claim, the tail under a
+//                     seqlock and two counters after every publish, a boundary entry per sixteenth;
+//                     amortized (2): the intent claimed a sixteenth of the ring ahead, the tail and
+//                     counters only at the end of a batch and every 64 publishes
+//   CURSOR=0|N        the consumer publishes its cursor at the end of every poll (0) or every N
+//                     records and at the end of a poll
+//   RESCAN=0|1        the producer reads the consumer's cursor when the ring is full (0), or
+//                     already when a quarter of the capacity is left (1, as ShmRing)
+//   PF_READ=0|K       the consumer prefetches the line K lines after each record it consumed
+//   PF_WRITE=0|K      the producer prefetches for writing the line K lines after each record
+//   SPIN_TAIL=0|1     the consumer waits on the producer's tail word (published after every
+//                     record, as an index ring does) instead of the next record's commit word
+//   ADAPTIVE=0|1      with PF_READ: prefetch only while records keep coming in this poll
+// Usage: see harness.h. CAPACITY in bytes.
+#include "common.h"
+#include "CShmRingLayout.h"
+
+#ifndef ALIGN
+#define ALIGN 16
+#endif
+#ifndef MIX
+#define MIX 0
+#endif
+#ifndef KEEP
+#define KEEP 0
+#endif
+#ifndef CURSOR
+#define CURSOR 0
+#endif
+#ifndef RESCAN
+#define RESCAN 0
+#endif
+#ifndef PF_READ
+#define PF_READ 0
+#endif
+#ifndef PF_WRITE
+#define PF_WRITE 0
+#endif
+#ifndef SPIN_TAIL
+#define SPIN_TAIL 0
+#endif
+#ifndef ADAPTIVE
+#define ADAPTIVE 0
+#endif
+#ifndef RING_NAME
+#define RING_NAME "commit"
+#endif
+
+#define SALT 0x5bd1e9955bd1e995ull
+#define PADDING_BIT 0x8000000000000000ull
+
+typedef struct {
+    uint64_t commit;
+    uint32_t length;
+    uint32_t type;
+} record_t;
+
+typedef struct {
+    _Alignas(128) uint64_t intent;  // producer line
+    uint64_t tail_version, tail, tail_sequence;
+    _Alignas(128) uint64_t published, published_bytes;  // counters
+    _Alignas(128) uint64_t boundary[16][4];             // version, position, sequence, -
+    _Alignas(128) uint64_t cursor;                      // the consumer's line
+    _Alignas(128) uint64_t capacity;
+    _Alignas(4096) uint8_t data[];
+} ring_t;
+
+typedef struct {
+    ring_t *ring;
+    uint64_t position, sequence, mask, capacity, limit, rescan_at, intent, tail_version, last_section;
+    uint64_t published, published_bytes, batch, since_tail;
+    uint64_t *first;  // a batch's first commit word, stored last
+    uint64_t first_value;
+} producer_t;
+
+typedef struct {
+    ring_t *ring;
+    uint64_t position, sequence, mask, capacity, published_cursor, tail_cache;
+} consumer_t;
+
+static size_t ring_bytes(size_t capacity) { return sizeof(ring_t) + capacity; }
+static void ring_init(ring_t *ring, size_t capacity) { ring->capacity = capacity; }
+
+static void producer_open(producer_t *p, ring_t *ring) {
+    memset(p, 0, sizeof(*p));
+    p->ring = ring;
+    p->capacity = ring->capacity;
+    p->mask = ring->capacity - 1;
+    p->limit = ring->capacity;
+    p->rescan_at = RESCAN ? ring->capacity * 3 / 4 : ring->capacity;
+    p->last_section = UINT64_MAX;
+    p->batch = 1;
+}
+
+static void producer_set_batch(producer_t *p, uint64_t batch) { p->batch = batch; }
+
+static void consumer_open(consumer_t *c, ring_t *ring) {
+    memset(c, 0, sizeof(*c));
+    c->ring = ring;
+    c->capacity = ring->capacity;
+    c->mask = ring->capacity - 1;
+}
+
+static inline __attribute__((always_inline)) uint64_t record_word(uint64_t sequence, uint32_t length) {
+#if MIX
+    return CShmRing_record_word(sequence, SALT, length, 0);
+#else
+    (void)length;
+    return sequence + 1;
+#endif
+}
+
+static inline __attribute__((always_inline)) uint64_t padding_word(uint64_t sequence) {
+#if MIX
+    return CShmRing_padding_word(sequence, SALT);
+#else
+    return (sequence + 1) | PADDING_BIT;
+#endif
+}
+
+/// The producer's tail and counters (seqlock: odd version, release fence, data, even version).
+static inline __attribute__((always_inline)) void publish_tail(producer_t *p) {
+    ring_t *r = p->ring;
+    p->tail_version += 2;
+    __atomic_store_n(&r->tail_version, p->tail_version - 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&r->tail, p->position, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->tail_sequence, p->sequence, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->tail_version, p->tail_version, __ATOMIC_RELEASE);
+    __atomic_store_n(&r->published, p->published, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->published_bytes, p->published_bytes, __ATOMIC_RELAXED);
+}
+
+static inline __attribute__((always_inline)) void record_boundary(producer_t *p, uint64_t position) {
+    uint64_t section = position >> (__builtin_ctzll(p->capacity) - 4);
+    if (section == p->last_section) return;
+    p->last_section = section;
+    uint64_t *entry = p->ring->boundary[section & 15];
+    uint64_t version = __atomic_load_n(&entry[0], __ATOMIC_RELAXED) | 1;
+    __atomic_store_n(&entry[0], version, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&entry[1], position, __ATOMIC_RELAXED);
+    __atomic_store_n(&entry[2], p->sequence, __ATOMIC_RELAXED);
+    __atomic_store_n(&entry[0], version + 1, __ATOMIC_RELEASE);
+}
+
+static inline __attribute__((always_inline)) void batch_end(producer_t *p) {
+    if (p->first) {
+        // Release: every record of the batch is visible no later than its first commit word.
+        __atomic_store_n(p->first, p->first_value, __ATOMIC_RELEASE);
+        p->first = NULL;
+    }
+#if KEEP == 2
+    if (p->batch > 1) publish_tail(p);
+#endif
+}
+
+static __attribute__((noinline)) int make_room(producer_t *p, uint64_t end) {
+    uint64_t cursor = __atomic_load_n(&p->ring->cursor, __ATOMIC_ACQUIRE);
+    p->limit = cursor + p->capacity;
+    p->rescan_at = RESCAN ? p->limit - p->capacity / 4 : p->limit;
+    if ((int64_t)(p->rescan_at - p->position) <= 0) p->rescan_at = p->limit;
+    return (int64_t)(end - p->limit) <= 0;
+}
+
+static inline __attribute__((always_inline)) int publish(producer_t *p, const uint8_t *message, uint32_t length) {
+    uint64_t size = (sizeof(record_t) + length + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
+    uint64_t position = p->position;
+    uint64_t room = p->capacity - (position & p->mask);
+    uint64_t padding = size > room ? room : 0;
+    uint64_t end = position + padding + size;
+    if ((int64_t)(end - p->rescan_at) > 0 && !make_room(p, end)) return 0;
+#if KEEP == 1
+    if ((int64_t)(end - p->intent) > 0) {
+        p->intent = end;
+        __atomic_store_n(&p->ring->intent, end, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
+#elif KEEP == 2
+    if ((int64_t)(end - p->intent) > 0) {
+        p->intent = end + p->capacity / 16;  // claimed ahead: once per sixteenth of the ring
+        __atomic_store_n(&p->ring->intent, p->intent, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
+#endif
+    uint8_t *data = p->ring->data;
+    if (padding) {
+        __atomic_store_n((uint64_t *)(data + (position & p->mask)), padding_word(p->sequence), __ATOMIC_RELAXED);
+        position += padding;
+    }
+    uint8_t *base = data + (position & p->mask);
+#if PF_WRITE
+    __builtin_prefetch(data + ((position + PF_WRITE * 64) & p->mask), 1);
+#endif
+    memcpy(base + sizeof(record_t), message, length);
+    __atomic_store_n((uint64_t *)(base + 8), (uint64_t)length, __ATOMIC_RELAXED);  // length, type 0
+    uint64_t word = record_word(p->sequence, length);
+    if (p->batch > 1) {
+        if (!p->first) {
+            p->first = (uint64_t *)base;
+            p->first_value = word;
+        } else {
+            __atomic_store_n((uint64_t *)base, word, __ATOMIC_RELAXED);
+        }
+    } else {
+        // Release: the header and payload are visible no later than the commit word.
+        __atomic_store_n((uint64_t *)base, word, __ATOMIC_RELEASE);
+    }
+#if KEEP
+    record_boundary(p, position);
+#endif
+    p->position = position + size;
+    p->sequence++;
+    p->published++;
+    p->published_bytes += length;
+#if KEEP == 1
+    if (p->batch == 1) publish_tail(p);
+#elif KEEP == 2
+    if (++p->since_tail >= 64) {
+        p->since_tail = 0;
+        if (p->batch == 1) publish_tail(p);
+    }
+#endif
+#if SPIN_TAIL
+    __atomic_store_n(&p->ring->tail, p->position, __ATOMIC_RELEASE);
+#endif
+    return 1;
+}
+
+static inline __attribute__((always_inline)) uint64_t poll(consumer_t *c, uint64_t limit, uint64_t *sum) {
+    uint64_t count = 0, position = c->position, sequence = c->sequence;
+    uint8_t *data = c->ring->data;
+    while (count < limit) {
+        uint64_t offset = position & c->mask;
+        uint8_t *base = data + offset;
+#if SPIN_TAIL
+        if (position == c->tail_cache) {
+            c->tail_cache = __atomic_load_n(&c->ring->tail, __ATOMIC_ACQUIRE);
+            if (position == c->tail_cache) break;
+        }
+        uint64_t word = __atomic_load_n((uint64_t *)base, __ATOMIC_RELAXED);
+#else
+        uint64_t word = __atomic_load_n((uint64_t *)base, __ATOMIC_ACQUIRE);
+#endif
+        uint32_t length = offset + 16 <= c->capacity ? __atomic_load_n((uint32_t *)(base + 8), __ATOMIC_RELAXED) : 0;
+        if (word != record_word(sequence, length)) {
+            if (word != padding_word(sequence)) break;
+            position += c->capacity - offset;
+            continue;
+        }
+        uint64_t size = (sizeof(record_t) + length + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
+        if (length > c->capacity / 4 || offset + size > c->capacity) abort();
+        uint64_t value;
+        memcpy(&value, base + sizeof(record_t), 8);
+        *sum += value;
+        position += size;
+        sequence++;
+        count++;
+#if PF_READ
+#if ADAPTIVE
+        if (count > 1)
+#endif
+            __builtin_prefetch(data + ((position + PF_READ * 64) & c->mask), 0);
+#endif
+#if CURSOR
+        if (count % CURSOR == 0) {
+            c->published_cursor = position;
+            __atomic_store_n(&c->ring->cursor, position, __ATOMIC_RELEASE);
+        }
+#endif
+    }
+    c->position = position;
+    c->sequence = sequence;
+    if (position != c->published_cursor) {
+        // Release: the reads of every record before `position` happen before the producer reuses
+        // the space. Partner: the producer's acquire load of the cursor in make_room.
+        c->published_cursor = position;
+        __atomic_store_n(&c->ring->cursor, position, __ATOMIC_RELEASE);
+    }
+    return count;
+}
+
+#include "harness.h"
