@@ -206,7 +206,7 @@ import Glibc
         let hostile = try RingConsumer(key: key)
         let honest = try RingConsumer(key: key)
         // The hostile consumer claims to have read far ahead of the producer.
-        CShmAtomics_u64_store_release(hostile.slotWord(RingLayout.Slot.cursor), 1 << 40)
+        CShmAtomics_u64_store_release(hostile.slot.word(RingLayout.Slot.cursor), 1 << 40)
         var published: UInt64 = 0
         while try producer.publish(message(published)) == .published { published += 1 }
         // Only the honest consumer holds the producer back now.
@@ -224,7 +224,7 @@ import Glibc
         configuration.maxConsumers = 1
         let producer = try RingProducer(key: key, configuration: configuration)
         let former = try RingConsumer(key: key)
-        let page = former.slot
+        let page = former.slot.page
         former.detach()
         // The rendezvous connection is closed; wait until the producer has reclaimed the slot.
         var next: RingConsumer?
@@ -236,7 +236,7 @@ import Glibc
         #expect(holder.slotIndex == former.slotIndex)
         // The former holder writes its old page (still mapped in its process): cursor far
         // ahead, and `active` set to what the new holder uses.
-        let newActive = CShmAtomics_u64_load_relaxed(holder.slotWord(RingLayout.Slot.active))
+        let newActive = CShmAtomics_u64_load_relaxed(holder.slot.word(RingLayout.Slot.active))
         (page + RingLayout.Slot.cursor).storeBytes(of: UInt64(1) << 40, as: UInt64.self)
         (page + RingLayout.Slot.active).storeBytes(of: newActive, as: UInt64.self)
         (page + RingLayout.Slot.joined).storeBytes(of: newActive, as: UInt64.self)
@@ -378,13 +378,13 @@ import Glibc
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
         let consumer = try RingConsumer(key: key)
-        let foreign = ((consumer.generation &+ 1) << 2) | RingLayout.noticeEvicted
-        CShmAtomics_u64_store_release(consumer.slotWord(RingLayout.Slot.notice), foreign)
+        let foreign = ((consumer.slot.generation &+ 1) << 2) | RingLayout.noticeEvicted
+        CShmAtomics_u64_store_release(consumer.slot.word(RingLayout.Slot.notice), foreign)
         try producer.publish(message(0))
         #expect(try pollChecked(consumer).count == 1)
         #expect(try RingObserver(key: key).snapshot().consumers.first?.evicted == false)
-        let mine = (consumer.generation << 2) | RingLayout.noticeEvicted
-        CShmAtomics_u64_store_release(consumer.slotWord(RingLayout.Slot.notice), mine)
+        let mine = (consumer.slot.generation << 2) | RingLayout.noticeEvicted
+        CShmAtomics_u64_store_release(consumer.slot.word(RingLayout.Slot.notice), mine)
         expectRingError(.evicted) { _ = try pollChecked(consumer) }
     }
 }

@@ -1,0 +1,80 @@
+import CShmAtomics
+
+/// The in-place reader of a gating consumer without a lag limit: the producer cannot overwrite
+/// what it has not read, so each message is handed to the handler where it lies, and nothing is
+/// validated afterwards. The hot path of a consumer: no allocation, no system call, no lock.
+///
+/// One pointer wide (everything it reads is in the consumer's state), so that calling it costs
+/// nothing.
+@usableFromInline @frozen
+struct GatingReader {
+    @usableFromInline let state: UnsafeMutablePointer<ConsumerState>
+
+    @usableFromInline
+    init(state: UnsafeMutablePointer<ConsumerState>) { self.state = state }
+
+    /// Hands up to `limit` committed messages to `handler` in place (see `RingConsumer.poll`).
+    @inlinable
+    func poll(limit: Int, _ handler: (RawSpan, RingRecordInfo) -> PollAction) throws(ReadFailure) -> Int {
+        let (view, slot, cursorInterval) = (state.pointee.view, state.pointee.slot, state.pointee.cursorInterval)
+        var position = state.pointee.position
+        var sequence = state.pointee.sequence
+        var count = 0
+        var bytes: UInt64 = 0
+        defer {
+            state.pointee.position = position
+            state.pointee.sequence = sequence
+            state.pointee.delivered &+= UInt64(count)
+            state.pointee.deliveredBytes &+= bytes
+            if position != state.pointee.publishedCursor { slot.publishCursor(position, state) }
+        }
+        reading: while count < limit {
+            let (length, size, type): (Int, Int, UInt32)
+            switch view.record(at: position, sequence: sequence) {
+            case .committed(let committedLength, let committedSize, let committedType):
+                (length, size, type) = (committedLength, committedSize, committedType)
+            case .padding:
+                position &+= UInt64(view.capacity) &- (position & view.mask)
+                continue reading
+            case .absent:
+                // Not committed yet. Now and then, when nothing came at all, make sure it is not a
+                // record that can never come (a header rewritten under this consumer).
+                if count == 0 {
+                    state.pointee.emptyPolls &+= 1
+                    if state.pointee.emptyPolls & 4095 == 0 { try checkNotStranded(position, sequence) }
+                }
+                break reading
+            case .malformed(let length):
+                throw .malformedRecord(length: length, position: position)
+            }
+            let payload = UnsafeRawBufferPointer(
+                start: view.data + (Int(position & view.mask) &+ RingLayout.recordHeaderSize), count: length)
+            let action = handler(
+                RawSpan(_unsafeBytes: payload), RingRecordInfo(sequence: sequence, position: position, type: type))
+            if action == .leave { break }
+            position &+= UInt64(size)
+            sequence = (sequence &+ 1) & RingLayout.sequenceMask
+            count += 1
+            bytes &+= UInt64(length)
+            if action == .stop { break }
+            if position &- state.pointee.publishedCursor >= cursorInterval { slot.publishCursor(position, state) }
+        }
+        return count
+    }
+
+    /// A gating consumer waits at `position` for `sequence`. If the producer's tail says that
+    /// record was committed long ago and it is still not there, the consumer was led astray (a
+    /// rewritten length or commit word): `.stranded`, instead of waiting for ever while holding
+    /// the producer back.
+    @usableFromInline
+    func checkNotStranded(_ position: UInt64, _ sequence: UInt64) throws(ReadFailure) {
+        let view = state.pointee.view
+        let tail = try view.publishedTail()
+        let ahead = (tail.sequence &- sequence) & RingLayout.sequenceMask
+        guard ahead > 0, ahead < 1 << 62 else { return }
+        // The record was committed before the tail that counts it was published (the commit's
+        // release, then the tail's seqlock; readSnapshot's acquire): read the word again.
+        guard view.record(at: position, sequence: sequence) == .absent else { return }
+        throw .stranded(position: position, sequence: sequence, tailSequence: tail.sequence)
+    }
+}
