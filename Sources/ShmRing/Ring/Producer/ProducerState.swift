@@ -1,0 +1,97 @@
+import CShmAtomics
+
+/// The producer's own state, in memory that only this process sees, behind a pointer: the hot
+/// path mutates it without the dynamic exclusivity checks a class's stored `var`s would cost.
+@usableFromInline
+struct ProducerState {
+    /// The ring's memory and configuration.
+    @usableFromInline let view: RingView
+    /// The consumer slot pages and the producer's private record of them.
+    @usableFromInline let slots: ProducerSlots
+    /// Where the next record goes.
+    @usableFromInline var position: UInt64
+    /// The next record's sequence number.
+    @usableFromInline var sequence: UInt64
+    /// No byte at or after this position may be written before the consumers are looked at again.
+    @usableFromInline var limit: UInt64
+    /// Look at the consumers again once a claim reaches this (the low watermark below `limit`).
+    @usableFromInline var rescanAt: UInt64
+    /// A claim is in progress, or the producer is closed (one flag, so that the hot path checks
+    /// both with one branch).
+    @usableFromInline var busy: Bool
+    @usableFromInline var closed: Bool
+    /// The tail intent last stored: the end of all space ever claimed (it never moves back).
+    @usableFromInline var intent: UInt64
+    /// The tail last published: nothing from here on may be overwritten (it is this batch's or
+    /// this claim's own space), whatever the consumers have read.
+    @usableFromInline var publishedTail: UInt64
+    /// Inside a batch: the first commit word, written last.
+    @usableFromInline var batchFirstWord: UnsafeMutablePointer<UInt64>?
+    @usableFromInline var batchFirstValue: UInt64
+    @usableFromInline var batchFirstSequence: UInt64 = 0
+    @usableFromInline var inBatch: Bool
+    /// The sixteenth of the ring the last record started in (boundary index).
+    @usableFromInline var lastSection: UInt64
+    @usableFromInline var tailVersion: UInt64
+    @usableFromInline var published: UInt64
+    @usableFromInline var publishedBytes: UInt64
+    @usableFromInline var backPressureEvents: UInt64
+    /// The last value type whose fingerprint matched the ring's.
+    @usableFromInline var verifiedType: ObjectIdentifier?
+    /// When the producer first found itself back-pressured without a publish since (monotonic
+    /// nanoseconds; 0: not back-pressured). Time lag limits count from here.
+    @usableFromInline var blockedSince: UInt64 = 0
+    @usableFromInline var blockedSincePublished: UInt64 = 0
+    @usableFromInline var demotions: UInt64 = 0
+    @usableFromInline var evictions: UInt64 = 0
+    /// The last eviction: slot, the producer's position, the cursor, the published tail (for
+    /// diagnostics: `lastEviction`).
+    @usableFromInline var lastEviction:
+        (slot: Int, position: UInt64, cursor: UInt64, tail: UInt64, sequence: UInt64, intent: UInt64) = (
+            0, 0, 0, 0, 0, 0
+        )
+}
+
+/// One look at a consumer slot from the producer's side.
+@usableFromInline
+enum SlotSample {
+    /// Free, lossy, demoted, evicted, or not registered: it does not hold the producer back.
+    case notGating
+    /// It kept changing while it was read: hold still, to be safe.
+    case unstable
+    /// A gating consumer's cursor, read consistently with its registration.
+    case gating(generation: UInt64, cursor: UInt64)
+}
+
+/// The consumer slot pages as the producer sees them: one page every 4096 bytes from `base`,
+/// written by consumers (nothing read there is trusted), and `controls`, what the producer
+/// granted each slot (its own memory).
+@usableFromInline @frozen
+struct ProducerSlots {
+    @usableFromInline let base: UnsafeMutableRawPointer
+    @usableFromInline let controls: SlotControls
+    @usableFromInline let count: Int
+
+    @usableFromInline
+    init(base: UnsafeMutableRawPointer, controls: SlotControls, count: Int) {
+        self.base = base
+        self.controls = controls
+        self.count = count
+    }
+
+    /// A word of slot `index`'s page.
+    @inlinable @inline(__always)
+    func word(_ index: Int, _ offset: Int) -> UnsafeMutablePointer<UInt64> {
+        (base + (index &* RingLayout.slotSize &+ offset)).assumingMemoryBound(to: UInt64.self)
+    }
+}
+
+/// Why the writer refused a record, in values it knows; `RingProducer` turns it into a
+/// `RingError` that names the key.
+@usableFromInline
+enum WriteRefusal: Error {
+    /// A claim is outstanding, or the producer is closed.
+    case busy
+    /// Longer than the ring's maximum message length.
+    case tooLong(Int)
+}

@@ -1,0 +1,86 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The producer's rendezvous server: what it answers an attaching consumer and an observer.
+extension RingProducer {
+    static func handler(
+        key: String, slots: SlotBoard, header: Segment, capacity: Int, id: SegmentID, refusesGating: Bool
+    ) -> RendezvousServer.Handler {
+        let headerDescriptor = header.descriptor.rawValue
+        let mappedSize = UInt64(header.mappedSize)
+        let pid = getpid()
+        let uid = geteuid()
+        return { request, _, _ in
+            var reply = RendezvousProtocol.Reply(
+                status: .ok, segmentKind: .ring, creatorPID: pid, creatorUID: uid, segmentID: id,
+                size: UInt64(capacity), mappedSize: mappedSize)
+            reply.layoutVersion = RingLayout.version
+            reply.flags = [.creatorOnlyWriters, .readOnlyDescriptor]
+            var response = RendezvousServer.Response(reply: reply)
+            func fail(_ error: SystemCallError) -> RendezvousServer.Response {
+                response.reply.status = .serverError
+                response.reply.errno = error.errno.rawValue
+                return response
+            }
+            switch request.kind {
+            case .observe:
+                // Read-only descriptors of the header and of every slot's current page (for
+                // `shmring stat`).
+                var descriptors: [FileDescriptor] = []
+                do throws(SystemCallError) {
+                    descriptors.append(try FileDescriptor(rawValue: headerDescriptor).reopen(.readOnly))
+                    for slot in slots.descriptors { descriptors.append(try slot.reopen(.readOnly)) }
+                } catch {
+                    for descriptor in descriptors { descriptor.closeIgnoringErrors() }
+                    return fail(error)
+                }
+                response.temporaryDescriptors = descriptors
+                response.reply.roles = [.data] + Array(repeating: .consumerSlot, count: slots.count)
+                return response
+            case .attachSegment:
+                response.reply.status = .wrongKind
+                return response
+            case .attachRingConsumer:
+                break
+            }
+            let policy: ConsumerPolicy = request.flags.contains(.gating) ? .gating : .lossy
+            if policy == .gating && refusesGating {
+                response.reply.status = .gatingRefused
+                return response
+            }
+            let readOnlyHeader: FileDescriptor
+            do throws(SystemCallError) {
+                readOnlyHeader = try FileDescriptor(rawValue: headerDescriptor).reopen(.readOnly)
+            } catch {
+                return fail(error)
+            }
+            let handed: (slot: Int, generation: UInt64, page: FileDescriptor)?
+            do throws(RingError) {
+                handed = try slots.handOut(policy: policy)
+            } catch {
+                readOnlyHeader.closeIgnoringErrors()
+                response.reply.status = .serverError
+                response.reply.errno = error.errno?.rawValue ?? 0
+                return response
+            }
+            guard let handed else {
+                readOnlyHeader.closeIgnoringErrors()
+                response.reply.status = .noFreeSlot
+                return response
+            }
+            response.reply.slot = UInt32(handed.slot)
+            response.reply.generation = handed.generation
+            response.descriptors = [handed.page]
+            response.temporaryDescriptors = [readOnlyHeader]
+            response.reply.roles = [.consumerSlot, .data]
+            response.keepOpen = true
+            // The consumer detached or died: the producer stops looking at its slot at once, and
+            // the slot is free for the next joiner (who gets a fresh page).
+            response.onClose = { slots.reclaim(handed.slot) }
+            return response
+        }
+    }
+}

@@ -1,0 +1,189 @@
+import CShmAtomics
+
+/// The producer's hot path: reserves a record's space, writes its header and commit word, ends a
+/// batch, publishes the tail and the boundary index. No allocation, no system call, no lock;
+/// when a record would pass the low watermark, the `GatingScanner` looks at the consumers.
+///
+/// One pointer wide (everything it needs is in the producer's state), so that calling it costs
+/// nothing.
+@usableFromInline @frozen
+struct RingWriter {
+    @usableFromInline let state: UnsafeMutablePointer<ProducerState>
+
+    @usableFromInline
+    init(state: UnsafeMutablePointer<ProducerState>) { self.state = state }
+
+    @inlinable var view: RingView { state.pointee.view }
+
+    /// Makes room for a record of `length` payload bytes and returns its position, or nil when
+    /// back-pressured. Writes the padding record when the record does not fit before the end.
+    @inlinable @inline(__always)
+    func reserve(length: Int) throws(WriteRefusal) -> UInt64? {
+        let view = self.view
+        guard !state.pointee.busy else { throw .busy }
+        guard length >= 0, length <= view.maxMessageLength else { throw .tooLong(length) }
+        let size = view.recordSize(length)
+        var position = state.pointee.position
+        // Wrapping arithmetic: every value here is bounded by the capacity (length was checked).
+        let room = view.capacity &- Int(position & view.mask)
+        let padding = size > room ? room : 0
+        let end = position &+ UInt64(truncatingIfNeeded: padding &+ size)
+        // Wrapping comparison: `end` is past `rescanAt` when their difference is "positive".
+        if Int64(bitPattern: end &- state.pointee.rescanAt) > 0 {
+            if !GatingScanner(state: state).makeRoom(until: end) { return nil }
+        }
+        // Lap detection (the lossy reader's half is RingConsumer.gather): the tail intent moves
+        // before any byte of the claimed space is written, and never backwards (after an abort the
+        // space is reused, but what the aborted claim wrote may already have torn old records).
+        // Relaxed store, then a release fence: every later store (padding, header, payload,
+        // commit word) is ordered after it, so a reader that copied any of them and then runs an
+        // acquire fence reads this value or a newer one. (On x86-64 the fence is a compiler
+        // barrier: no instruction.)
+        if Int64(bitPattern: end &- state.pointee.intent) > 0 {
+            state.pointee.intent = end
+            CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tailIntent), end)
+            CShmAtomics_fence_release()
+        }
+        if padding > 0 {
+            // The rest of the lap is empty: a padding record with the next record's sequence.
+            // Relaxed: a consumer that sees it early only moves to the lap's start and waits there.
+            let word = (view.data + Int(position & view.mask)).assumingMemoryBound(to: UInt64.self)
+            CShmAtomics_u64_store_relaxed(word, view.paddingWord(sequence: state.pointee.sequence))
+            position &+= UInt64(padding)
+            state.pointee.position = position
+        }
+        return position
+    }
+
+    /// Where the payload of the record reserved at `position` starts. When `length` is not a
+    /// multiple of 8, first zeroes the 8-byte word that will hold the payload's last bytes, with
+    /// one whole-word store: the payload is then written over it byte-wise (a copy, a typed
+    /// store, a claim's body) and must not leave the high bytes of an earlier lap's word behind.
+    /// (That word may have been an older record's commit word: half-overwritten, with the older
+    /// header behind it, it once passed for a later record's — docs/ring.md, "Stale memory".)
+    @inlinable @inline(__always)
+    func payloadStart(_ position: UInt64, length: Int) -> UnsafeMutableRawPointer {
+        let payload = view.data + (Int(position & view.mask) &+ RingLayout.recordHeaderSize)
+        if length & 7 != 0 {
+            // Relaxed atomic: one whole 8-byte store that the compiler can neither split nor
+            // merge with the copy that follows; it is published with the record (the commit's
+            // release). The word lies inside the record (records are padded to 8 bytes at least).
+            CShmAtomics_u64_store_relaxed((payload + (length & ~7)).assumingMemoryBound(to: UInt64.self), 0)
+        }
+        return payload
+    }
+
+    /// Writes the record's header and commits it (or defers the commit inside a batch).
+    @inlinable @inline(__always)
+    func commit(record position: UInt64, length: Int, type: UInt32) {
+        let view = self.view
+        let base = view.data + Int(position & view.mask)
+        // Length and type as one whole word (length at +8, type at +12, as readers load them).
+        // Relaxed: published by the commit word's release store (or the batch's first).
+        var header: UInt64 = 0
+        withUnsafeMutableBytes(of: &header) { bytes in
+            bytes.storeBytes(of: UInt32(truncatingIfNeeded: length), as: UInt32.self)
+            bytes.storeBytes(of: type, toByteOffset: 4, as: UInt32.self)
+        }
+        CShmAtomics_u64_store_relaxed((base + RingLayout.Record.length).assumingMemoryBound(to: UInt64.self), header)
+        let sequence = state.pointee.sequence
+        let word = base.assumingMemoryBound(to: UInt64.self)
+        let value = view.recordWord(sequence: sequence, length: UInt32(truncatingIfNeeded: length), type: type)
+        if state.pointee.inBatch {
+            if state.pointee.batchFirstWord == nil {
+                state.pointee.batchFirstWord = word
+                state.pointee.batchFirstValue = value
+                state.pointee.batchFirstSequence = sequence
+            } else {
+                // Relaxed: made visible by the release store of the batch's first commit word.
+                CShmAtomics_u64_store_relaxed(word, value)
+            }
+        } else {
+            // Release: the header and payload stores above become visible no later than the
+            // commit word. Partner: the consumer's acquire load of the commit word in `poll`.
+            CShmAtomics_u64_store_release(word, value)
+        }
+        let size = UInt64(view.recordSize(length))
+        let section = position >> UInt64(sectionShift)
+        // Boundary entries only for records already visible: inside a batch, only its first
+        // record's, written when the batch ends (a joiner must not start inside a batch).
+        if section != state.pointee.lastSection && !state.pointee.inBatch {
+            recordBoundary(position: position, sequence: sequence, section: section)
+        }
+        state.pointee.position = position &+ size
+        state.pointee.sequence = (sequence &+ 1) & RingLayout.sequenceMask
+        state.pointee.published &+= 1
+        state.pointee.publishedBytes &+= UInt64(length)
+        if !state.pointee.inBatch { publishTail() }
+    }
+
+    /// log2 of a sixteenth of the capacity.
+    @inlinable var sectionShift: Int { view.capacity.trailingZeroBitCount - 4 }
+
+    /// Publishes the tail and the counters (once per commit, or once per batch).
+    @inlinable @inline(__always)
+    func publishTail() {
+        state.pointee.publishedTail = state.pointee.position
+        let version = state.pointee.tailVersion &+ 2
+        state.pointee.tailVersion = version
+        // Seqlock: odd version, release fence (orders it before the data), data, even version
+        // with release. Partner: RingView.readSnapshot.
+        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tailVersion), version &- 1)
+        CShmAtomics_fence_release()
+        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tail), state.pointee.position)
+        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tailSequence), state.pointee.sequence)
+        CShmAtomics_u64_store_release(view.word(RingLayout.Producer.tailVersion), version)
+        // Relaxed: statistics, read by `stat` without ordering needs.
+        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Counters.publishedMessages), state.pointee.published)
+        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Counters.publishedBytes), state.pointee.publishedBytes)
+    }
+
+    /// Drops a reserved record: nothing was written to its commit word, and the next record reuses
+    /// its space. (A padding record written for it stays: it is valid for the next record too.)
+    @inlinable
+    func abandon(record position: UInt64) {
+        state.pointee.position = position
+        // A padding record may have moved the position to the next lap: publish it, so that the
+        // tail (what joiners start from) and the position stay one.
+        if !state.pointee.inBatch && position != state.pointee.publishedTail { publishTail() }
+    }
+
+    @usableFromInline
+    func endBatch() {
+        state.pointee.inBatch = false
+        if let first = state.pointee.batchFirstWord {
+            // Release: every record of the batch (headers, payloads, relaxed commit words) becomes
+            // visible no later than this. Partner: the consumer's acquire load in `poll`.
+            CShmAtomics_u64_store_release(first, state.pointee.batchFirstValue)
+            state.pointee.batchFirstWord = nil
+            // The batch's first record as a boundary entry, now that it is visible. It starts at
+            // the old tail, or at the next lap's start if a padding record came first.
+            var start = state.pointee.publishedTail
+            let offset = UInt64(UInt(bitPattern: first) &- UInt(bitPattern: view.data))
+            if offset != start & view.mask { start = (start | view.mask) &+ 1 }
+            let section = start >> UInt64(sectionShift)
+            if section != state.pointee.lastSection {
+                recordBoundary(
+                    position: start, sequence: state.pointee.batchFirstSequence,
+                    section: section)
+            }
+        }
+        publishTail()
+    }
+
+    /// Records where the first record of a new sixteenth of the ring starts (for `.oldest` joins
+    /// and lossy readers' resumption).
+    @usableFromInline
+    func recordBoundary(position: UInt64, sequence: UInt64, section: UInt64) {
+        state.pointee.lastSection = section
+        let base = RingLayout.Boundary.base + Int(section & 15) * RingLayout.Boundary.stride
+        let versionWord = view.word(base + RingLayout.Boundary.version)
+        let version = CShmAtomics_u64_load_relaxed(versionWord) | 1
+        // Seqlock, as in publishTail. Partner: RingView.readSnapshot.
+        CShmAtomics_u64_store_relaxed(versionWord, version)
+        CShmAtomics_fence_release()
+        CShmAtomics_u64_store_relaxed(view.word(base + RingLayout.Boundary.position), position)
+        CShmAtomics_u64_store_relaxed(view.word(base + RingLayout.Boundary.sequence), sequence)
+        CShmAtomics_u64_store_release(versionWord, version &+ 1)
+    }
+}
