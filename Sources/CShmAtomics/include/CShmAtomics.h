@@ -98,6 +98,11 @@ CSHMATOMICS_INLINE void CShmAtomics_copy_racing(void *destination, const void *s
     }
 }
 
+/// Prefetch hints (no effect on correctness): bring the line at `address` towards this core's
+/// cache, for reading or for writing. Swift has no prefetch intrinsic.
+CSHMATOMICS_INLINE void CShmAtomics_prefetch_read(const void *address) { __builtin_prefetch(address, 0, 3); }
+CSHMATOMICS_INLINE void CShmAtomics_prefetch_write(const void *address) { __builtin_prefetch(address, 1, 3); }
+
 /// Spin-wait hint (`pause` on x86-64, `yield` on AArch64): lets the sibling hyper-thread run and
 /// avoids the memory-order machine clear when the awaited store arrives.
 CSHMATOMICS_INLINE void CShmAtomics_pause(void) {
