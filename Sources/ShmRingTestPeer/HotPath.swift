@@ -13,13 +13,15 @@ import Glibc
 /// `ring-hot-loop` command runs it under a seccomp filter that kills the process on any system
 /// call (docs/ring.md, "The hot path").
 enum HotPath {
-    /// `--messages N --size S [--seccomp 1] [--syscall-in-loop 1]`.
+    /// `--messages N --size S [--policy gating|lossy] [--seccomp 1] [--syscall-in-loop 1]`: a
+    /// gating consumer reads in place; a lossy one copies, then validates.
     static func run(_ options: PeerOptions) throws {
         let messages = options.int("messages")
         let size = options.int("size")
         let key = "hot-\(getpid())"
+        let lossy = options.has("policy") && options.string("policy") == "lossy"
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 20))
-        let consumer = try RingConsumer(key: key)
+        let consumer = try RingConsumer(key: key, configuration: .init(policy: lossy ? .lossy : .gating))
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
         defer { buffer.deallocate() }
         for index in 0..<size { buffer[index] = UInt8(truncatingIfNeeded: index) }

@@ -13,10 +13,13 @@ extension MultiProcess {
     @Suite(.enabled(if: TestPeer.heavyLoopsAreOptimized, "needs the release peer (scripts/test)"))
     struct HotPathTests {
         /// A seccomp filter that kills the process on any system call but exit and write(1) is
-        /// installed before 1 000 000 publish+poll rounds of 64 bytes.
-        @Test func noSystemCallInAMillionPublishAndPollRounds() throws {
+        /// installed before 1 000 000 publish+poll rounds of 64 bytes, with a gating consumer
+        /// (in place) and with a lossy one (copy, then validate).
+        @Test(arguments: ["gating", "lossy"])
+        func noSystemCallInAMillionPublishAndPollRounds(policy: String) throws {
             let peer = try ChildProcess(
-                TestPeer.forHeavyLoops, ["ring-hot-loop", "--messages", "1000000", "--size", "64", "--seccomp", "1"],
+                TestPeer.forHeavyLoops,
+                ["ring-hot-loop", "--messages", "1000000", "--size", "64", "--seccomp", "1", "--policy", policy],
                 expectCrash: true)
             #expect(peer.wait(timeout: .seconds(300)) == .exited(0), "a system call in the loop is SIGSYS (31)")
             #expect(peer.results["delivered"] == "1000000")
@@ -32,11 +35,12 @@ extension MultiProcess {
         }
 
         /// callgrind collects everything executed inside the measured loop (and whatever it calls)
-        /// over 100 000 rounds: none of the runtime's retain, release, allocation or exclusivity
+        /// over 100 000 rounds, gating and lossy: none of the runtime's retain, release, allocation or exclusivity
         /// entry points may appear. valgrind 3.19 cannot read the toolchain's DWARF 5, so it runs
         /// on a copy without debug information (the symbols stay).
-        @Test func noRetainReleaseAllocationOrExclusivityCheckInTheLoop() throws {
-            let directory = "/tmp/shmring-callgrind-\(getpid())"
+        @Test(arguments: ["gating", "lossy"])
+        func noRetainReleaseAllocationOrExclusivityCheckInTheLoop(policy: String) throws {
+            let directory = "/tmp/shmring-callgrind-\(getpid())-\(policy)"
             mkdir(directory, 0o700)
             defer {
                 unlink("\(directory)/peer")
@@ -52,7 +56,7 @@ extension MultiProcess {
                 [
                     "--tool=callgrind", "--callgrind-out-file=\(directory)/callgrind.out",
                     "--toggle-collect=shmring_hot_publish_poll", "\(directory)/peer", "ring-hot-loop", "--messages",
-                    "\(messages)", "--size", "64",
+                    "\(messages)", "--size", "64", "--policy", policy,
                 ])
             #expect(run.wait(timeout: .seconds(600)) == .exited(0), "\(run.standardError)")
             let annotate = try ChildProcess(
@@ -74,7 +78,7 @@ extension MultiProcess {
             // Instructions per publish+poll round, for docs/performance.md.
             if let total = lines.first(where: { $0.contains(":shmring_hot_publish_poll ") }) {
                 let count = Int(String(total.split(separator: " ").first!.filter { $0 != "," })) ?? 0
-                print("hot path: \(count / messages) instructions per 64-byte publish+poll round (callgrind)")
+                print("hot path, \(policy): \(count / messages) instructions per 64-byte publish+poll round (callgrind)")
                 #expect(count > 0)
             } else {
                 Issue.record("callgrind collected nothing in shmring_hot_publish_poll:\n\(report)")
