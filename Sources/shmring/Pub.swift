@@ -125,7 +125,9 @@ struct Pub: ParsableCommand {
         var rounds = 0
         var endPublished = false
         while !endPublished && monotonicNanoseconds() < endDeadline {
-            endPublished = try producer.publish([], type: StreamRecord.endOfStream) == .published
+            // As a batch: its end also publishes the producer's tail and counters, which otherwise
+            // lag by up to 64 records, so that `stat` shows the final figures while pub lingers.
+            endPublished = try producer.batch { try $0.publish([], type: StreamRecord.endOfStream) } == .published
             if !endPublished { IdleStrategy.backoff.idle(&rounds) }
         }
         let lingerEnd = monotonicNanoseconds() &+ UInt64(linger * 1e9)

@@ -1,4 +1,4 @@
-// CShmRingLayout: the ring's shared-memory layout, version 3, as C structs.
+// CShmRingLayout: the ring's shared-memory layout, version 4, as C structs.
 //
 // The one source of the layout: the structs, their _Static_asserts, the commit-word functions, and
 // the enum of offsets that Swift's `RingLayout` (Sources/ShmRing/Ring/RingLayout.swift) takes
@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #define CSHMRING_MAGIC 0x31474e49524d4853ULL  // "SHMRING1" little-endian
-#define CSHMRING_LAYOUT_VERSION 3u
+#define CSHMRING_LAYOUT_VERSION 4u
 #define CSHMRING_ENDIANNESS_MARK 0x01020304u
 #define CSHMRING_LINE 64u
 /// Two cache lines: a group of fields is padded to 128 bytes (adjacent-line prefetch).
@@ -110,7 +110,9 @@ typedef struct {
     uint64_t tail_intent;
     /// Seqlock over (tail, tail_sequence): odd while they change.
     uint64_t tail_version;
-    /// The end of the committed records: the position of the next record.
+    /// The end of the committed records, published every 64 records or a sixteenth of the ring,
+    /// at the end of every batch and when the producer looks at its consumers (layout 4): it lags
+    /// the records by that much at most. Readers find the true end by following commit words.
     uint64_t tail;
     /// The sequence number of the record at `tail`.
     uint64_t tail_sequence;

@@ -18,6 +18,29 @@ extension RingView {
         return tail
     }
 
+    /// Follows committed records and padding from the record boundary `start` to the first
+    /// position where nothing is committed yet: the end of what the producer has published, as
+    /// far as this reader can see (the shared tail lags it by up to 64 records or a sixteenth of
+    /// the ring). At most `steps` records; it stops early at anything that cannot be right.
+    @usableFromInline
+    func endOfRecords(from start: (position: UInt64, sequence: UInt64), steps: Int = 4096) -> (
+        position: UInt64, sequence: UInt64
+    ) {
+        var (position, sequence) = start
+        for _ in 0..<steps {
+            switch record(at: position, sequence: sequence) {
+            case .committed(_, let size, _):
+                position &+= UInt64(size)
+                sequence = (sequence &+ 1) & RingLayout.sequenceMask
+            case .padding:
+                position &+= UInt64(capacity) &- (position & mask)
+            case .absent, .malformed:
+                return (position, sequence)
+            }
+        }
+        return (position, sequence)
+    }
+
     /// The oldest boundary-index entry within [floor, tail] (record-aligned), or the tail itself.
     /// Every value comes from shared memory and is checked; an entry that does not fit is skipped.
     @usableFromInline

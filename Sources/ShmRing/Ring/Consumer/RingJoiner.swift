@@ -54,7 +54,9 @@ struct RingJoiner {
         throw .joinNeverValidated
     }
 
-    /// Where to start: the tail, or the oldest boundary-index entry the producer still retains.
+    /// Where to start: the end of the published records (from the shared tail, which lags, to
+    /// the first record not committed yet), or the oldest boundary-index entry the producer still
+    /// retains.
     private func startCandidate(_ start: RingStartPosition) throws(ReadFailure) -> (
         position: UInt64, sequence: UInt64
     )? {
@@ -63,7 +65,7 @@ struct RingJoiner {
         // Acquire: pairs with the producer's seq_cst store of the limit.
         let limit = CShmAtomics_u64_load_acquire(view.word(RingLayout.Producer.limit))
         let tail = try view.publishedTail()
-        guard start == .oldest else { return tail }
+        guard start == .oldest else { return view.endOfRecords(from: tail) }
         let retained = limit &- UInt64(view.capacity)  // the producer has not been free to overwrite from here on
         guard Int64(bitPattern: tail.position &- retained) >= 0 else { return nil }  // a newer scan: read again
         return view.oldestBoundary(notBefore: retained, tail: tail)

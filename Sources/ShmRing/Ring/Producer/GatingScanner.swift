@@ -47,6 +47,8 @@ struct GatingScanner {
     /// limit is exceeded are demoted and the consumers are looked at once more.
     @usableFromInline
     func makeRoom(until end: UInt64) -> Bool {
+        // The shared tail too, while the producer is off its hot path anyway.
+        RingWriter(state: state).publishTail()
         if publishLimit(until: end) || (demoteHoldingBack(end: end) && publishLimit(until: end)) {
             state.pointee.blockedSince = 0
             return true
@@ -92,8 +94,8 @@ struct GatingScanner {
     func gatingMinimum() -> UInt64 {
         let position = state.pointee.position
         let capacity = UInt64(view.capacity)
-        // Never past the last published tail: what lies beyond it is this batch's own records.
-        var largestLag: UInt64 = position &- state.pointee.publishedTail
+        // Never past the end of the visible records: what lies beyond it is this batch's own.
+        var largestLag: UInt64 = position &- state.pointee.visibleEnd
         for index in 0..<slotCount {
             switch sampleSlot(index, position: position) {
             case .notGating:
@@ -102,10 +104,10 @@ struct GatingScanner {
                 largestLag = capacity
             case .gating(let generation, let cursor):
                 let lag = position &- cursor
-                // Read once; any value is harmless (0: no limit). Measured from the published tail:
-                // a batch's records, not visible yet, are not the consumer's lag.
+                // Read once; any value is harmless (0: no limit). Measured from the visible end: a
+                // batch's records, not visible yet, are not the consumer's lag.
                 let lagLimit = CShmAtomics_u64_load_relaxed(slotWord(index, RingLayout.Slot.lagLimitBytes))
-                let behind = state.pointee.publishedTail &- cursor
+                let behind = state.pointee.visibleEnd &- cursor
                 if lagLimit != 0 && behind <= capacity && behind >= lagLimit {
                     demote(index, generation: generation)
                 } else {
@@ -149,7 +151,7 @@ struct GatingScanner {
                 // has one: its page holds a value that cannot be right.
                 if CShmAtomics_u64_load_acquire(slotWord(index, RingLayout.Slot.joined)) == generation {
                     state.pointee.lastEviction = (
-                        index, position, cursor, state.pointee.publishedTail, state.pointee.sequence,
+                        index, position, cursor, state.pointee.visibleEnd, state.pointee.sequence,
                         state.pointee.intent
                     )
                     evict(index, generation: generation)
@@ -183,7 +185,7 @@ struct GatingScanner {
             // It holds this record back, and it has published messages left to read (not only
             // this batch's own, invisible records).
             guard case .gating(let generation, let cursor) = sampleSlot(index, position: state.pointee.position),
-                end &- cursor > capacity, Int64(bitPattern: state.pointee.publishedTail &- cursor) > 0
+                end &- cursor > capacity, Int64(bitPattern: state.pointee.visibleEnd &- cursor) > 0
             else { continue }
             // Read once; any value is harmless (0: no limit).
             let limit = CShmAtomics_u64_load_relaxed(slotWord(index, RingLayout.Slot.lagLimitNanoseconds))

@@ -8,6 +8,8 @@ struct ProducerState {
     @usableFromInline let view: RingView
     /// The consumer slot pages and the producer's private record of them.
     @usableFromInline let slots: ProducerSlots
+    /// Publish the shared tail at least every this many bytes (a sixteenth of the capacity).
+    @usableFromInline let tailEveryBytes: UInt64
     /// Where the next record goes.
     @usableFromInline var position: UInt64
     /// The next record's sequence number.
@@ -22,9 +24,14 @@ struct ProducerState {
     @usableFromInline var closed: Bool
     /// The tail intent last stored: the end of all space ever claimed (it never moves back).
     @usableFromInline var intent: UInt64
-    /// The tail last published: nothing from here on may be overwritten (it is this batch's or
-    /// this claim's own space), whatever the consumers have read.
-    @usableFromInline var publishedTail: UInt64
+    /// The end of the records consumers can see (private, exact: the shared tail lags it). Nothing
+    /// from here on may be overwritten on a consumer's behalf: it is this batch's or this claim's
+    /// own space, whatever the consumers have read.
+    @usableFromInline var visibleEnd: UInt64
+    /// `published` and the position when the shared tail and counters were last published: they
+    /// are published again after `tailEvery` records or `tailEveryBytes` (layout 4).
+    @usableFromInline var tailPublishedCount: UInt64 = 0
+    @usableFromInline var tailPublishedPosition: UInt64 = 0
     /// Inside a batch: the first commit word, written last.
     @usableFromInline var batchFirstWord: UnsafeMutablePointer<UInt64>?
     @usableFromInline var batchFirstValue: UInt64

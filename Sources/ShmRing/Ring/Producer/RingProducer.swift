@@ -106,10 +106,12 @@ public final class RingProducer {
         state.initialize(
             to: ProducerState(
                 view: view, slots: ProducerSlots(base: slots.base, controls: slots.control, count: slots.count),
+                tailEveryBytes: UInt64(config.capacity / 16),
                 position: start, sequence: config.initialSequence & RingLayout.sequenceMask,
                 limit: start &+ UInt64(config.capacity), rescanAt: start &+ UInt64(config.capacity * 3 / 4),
-                busy: false, closed: false, intent: start, publishedTail: start,
-                batchFirstWord: nil, batchFirstValue: 0, inBatch: false, lastSection: UInt64.max, tailVersion: 0,
+                busy: false, closed: false, intent: start, visibleEnd: start,
+                tailPublishedPosition: start, batchFirstWord: nil, batchFirstValue: 0, inBatch: false,
+                lastSection: UInt64.max, tailVersion: 0,
                 published: 0, publishedBytes: 0, backPressureEvents: 0, verifiedType: nil))
         self.state = state
         self.writer = RingWriter(state: state)
@@ -135,6 +137,8 @@ public final class RingProducer {
     /// released, so nothing would hold the producer back from overwriting what they read). The
     /// memory is unmapped when the producer is deinitialized.
     public func close() {
+        // The final tail and counters, for observers and consumers still reading.
+        if !state.pointee.closed && !state.pointee.busy { writer.publishTail() }
         state.pointee.closed = true
         state.pointee.busy = true
         server.stop()

@@ -110,27 +110,49 @@ struct RingWriter {
         if section != state.pointee.lastSection && !state.pointee.inBatch {
             recordBoundary(position: position, sequence: sequence, section: section)
         }
-        state.pointee.position = position &+ size
+        let end = position &+ size
+        state.pointee.position = end
         state.pointee.sequence = (sequence &+ 1) & RingLayout.sequenceMask
         state.pointee.published &+= 1
         state.pointee.publishedBytes &+= UInt64(length)
-        if !state.pointee.inBatch { publishTail() }
+        if !state.pointee.inBatch {
+            state.pointee.visibleEnd = end
+            // The shared tail and the counters are for joiners, lossy resumption and observers,
+            // never for the hot path of a reader: every 64 records or a sixteenth of the ring
+            // (layout 4; layout 3 published them on every commit, the most of its per-message cost).
+            if state.pointee.published &- state.pointee.tailPublishedCount >= RingWriter.tailEvery
+                || end &- state.pointee.tailPublishedPosition >= state.pointee.tailEveryBytes
+            {
+                publishTail()
+            }
+        }
     }
+
+    /// The shared tail is published at least every this many records.
+    @inlinable static var tailEvery: UInt64 { 64 }
 
     /// log2 of a sixteenth of the capacity.
     @inlinable var sectionShift: Int { view.capacity.trailingZeroBitCount - 4 }
 
-    /// Publishes the tail and the counters (once per commit, or once per batch).
-    @inlinable @inline(__always)
+    /// Publishes the tail (the end of the visible records) and the counters: every 64 records or
+    /// a sixteenth of the ring, at the end of every batch, when the producer looks at its
+    /// consumers, and when it closes.
+    @usableFromInline
     func publishTail() {
-        state.pointee.publishedTail = state.pointee.position
+        let view = self.view
+        let tail = state.pointee.visibleEnd
+        // The sequence of the record at the visible end: inside a batch the producer's own
+        // sequence runs ahead of what is visible, so only publish between batches.
+        guard !state.pointee.inBatch else { return }
+        state.pointee.tailPublishedCount = state.pointee.published
+        state.pointee.tailPublishedPosition = tail
         let version = state.pointee.tailVersion &+ 2
         state.pointee.tailVersion = version
         // Seqlock: odd version, release fence (orders it before the data), data, even version
         // with release. Partner: RingView.readSnapshot.
         CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tailVersion), version &- 1)
         CShmAtomics_fence_release()
-        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tail), state.pointee.position)
+        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tail), tail)
         CShmAtomics_u64_store_relaxed(view.word(RingLayout.Producer.tailSequence), state.pointee.sequence)
         CShmAtomics_u64_store_release(view.word(RingLayout.Producer.tailVersion), version)
         // Relaxed: statistics, read by `stat` without ordering needs.
@@ -143,9 +165,9 @@ struct RingWriter {
     @inlinable
     func abandon(record position: UInt64) {
         state.pointee.position = position
-        // A padding record may have moved the position to the next lap: publish it, so that the
-        // tail (what joiners start from) and the position stay one.
-        if !state.pointee.inBatch && position != state.pointee.publishedTail { publishTail() }
+        // A padding record may have moved the position to the next lap: it is visible (relaxed,
+        // like all padding), and the visible end moves with it.
+        if !state.pointee.inBatch { state.pointee.visibleEnd = position }
     }
 
     @usableFromInline
@@ -157,8 +179,8 @@ struct RingWriter {
             CShmAtomics_u64_store_release(first, state.pointee.batchFirstValue)
             state.pointee.batchFirstWord = nil
             // The batch's first record as a boundary entry, now that it is visible. It starts at
-            // the old tail, or at the next lap's start if a padding record came first.
-            var start = state.pointee.publishedTail
+            // the old visible end, or at the next lap's start if a padding record came first.
+            var start = state.pointee.visibleEnd
             let offset = UInt64(UInt(bitPattern: first) &- UInt(bitPattern: view.data))
             if offset != start & view.mask { start = (start | view.mask) &+ 1 }
             let section = start >> UInt64(sectionShift)
@@ -168,6 +190,7 @@ struct RingWriter {
                     section: section)
             }
         }
+        state.pointee.visibleEnd = state.pointee.position
         publishTail()
     }
 
