@@ -11,9 +11,15 @@
 //                     intent (relaxed store + release fence) on every claim, the tail under a
 //                     seqlock and two counters after every publish, a boundary entry per sixteenth;
 //                     amortized (2): the intent claimed a sixteenth of the ring ahead, the tail and
-//                     counters only at the end of a batch and every 64 publishes
-//   CURSOR=0|N        the consumer publishes its cursor at the end of every poll (0) or every N
-//                     records and at the end of a poll
+//                     counters only at the end of a batch and every 64 publishes; amortized tail,
+//                     exact intent (3): the intent on every claim as in 1, the tail and counters as in 2
+//   PF_BATCH=0|K      the producer prefetches for writing K lines ahead, inside batches only
+//   PF_TAIL=0|N       the consumer reads the producer's tail (a hint, published every 64 records
+//                     and at every batch end) and prefetches up to N lines below it ahead of its
+//                     position: lines the producer has finished, so it takes none from it
+//   CURSOR=0|N        the consumer publishes its cursor at the end of every poll and whenever it
+//                     has read a quarter of the capacity since (0, as ShmRing), or also every N
+//                     records
 //   RESCAN=0|1        the producer reads the consumer's cursor when the ring is full (0), or
 //                     already when a quarter of the capacity is left (1, as ShmRing)
 //   PF_READ=0|K       the consumer prefetches the line K lines after each record it consumed
@@ -45,6 +51,12 @@
 #endif
 #ifndef PF_WRITE
 #define PF_WRITE 0
+#endif
+#ifndef PF_BATCH
+#define PF_BATCH 0
+#endif
+#ifndef PF_TAIL
+#define PF_TAIL 0
 #endif
 #ifndef SPIN_TAIL
 #define SPIN_TAIL 0
@@ -160,7 +172,7 @@ static inline __attribute__((always_inline)) void batch_end(producer_t *p) {
         __atomic_store_n(p->first, p->first_value, __ATOMIC_RELEASE);
         p->first = NULL;
     }
-#if KEEP == 2
+#if KEEP == 2 || KEEP == 3
     if (p->batch > 1) publish_tail(p);
 #endif
 }
@@ -180,7 +192,7 @@ static inline __attribute__((always_inline)) int publish(producer_t *p, const ui
     uint64_t padding = size > room ? room : 0;
     uint64_t end = position + padding + size;
     if ((int64_t)(end - p->rescan_at) > 0 && !make_room(p, end)) return 0;
-#if KEEP == 1
+#if KEEP == 1 || KEEP == 3
     if ((int64_t)(end - p->intent) > 0) {
         p->intent = end;
         __atomic_store_n(&p->ring->intent, end, __ATOMIC_RELAXED);
@@ -201,6 +213,9 @@ static inline __attribute__((always_inline)) int publish(producer_t *p, const ui
     uint8_t *base = data + (position & p->mask);
 #if PF_WRITE
     __builtin_prefetch(data + ((position + PF_WRITE * 64) & p->mask), 1);
+#endif
+#if PF_BATCH
+    if (p->batch > 1) __builtin_prefetch(data + ((position + PF_BATCH * 64) & p->mask), 1);
 #endif
     memcpy(base + sizeof(record_t), message, length);
     __atomic_store_n((uint64_t *)(base + 8), (uint64_t)length, __ATOMIC_RELAXED);  // length, type 0
@@ -225,7 +240,7 @@ static inline __attribute__((always_inline)) int publish(producer_t *p, const ui
     p->published_bytes += length;
 #if KEEP == 1
     if (p->batch == 1) publish_tail(p);
-#elif KEEP == 2
+#elif KEEP == 2 || KEEP == 3
     if (++p->since_tail >= 64) {
         p->since_tail = 0;
         if (p->batch == 1) publish_tail(p);
@@ -240,6 +255,19 @@ static inline __attribute__((always_inline)) int publish(producer_t *p, const ui
 static inline __attribute__((always_inline)) uint64_t poll(consumer_t *c, uint64_t limit, uint64_t *sum) {
     uint64_t count = 0, position = c->position, sequence = c->sequence;
     uint8_t *data = c->ring->data;
+#if PF_TAIL
+    {
+        // Lines the producer has finished (below its published tail) are fetched in parallel,
+        // instead of one dependent miss per record.
+        uint64_t tail = __atomic_load_n(&c->ring->tail, __ATOMIC_RELAXED);
+        uint64_t ahead = tail - position;
+        if (ahead <= c->capacity) {
+            if (ahead > PF_TAIL * 64) ahead = PF_TAIL * 64;
+            for (uint64_t line = (position & ~63ull) + 64; line < position + ahead; line += 64)
+                __builtin_prefetch(data + (line & c->mask), 0);
+        }
+    }
+#endif
     while (count < limit) {
         uint64_t offset = position & c->mask;
         uint8_t *base = data + offset;
@@ -258,7 +286,12 @@ static inline __attribute__((always_inline)) uint64_t poll(consumer_t *c, uint64
             position += c->capacity - offset;
             continue;
         }
+#ifdef FIXED_SIZE  // experiment: the next position does not depend on a loaded value
+        uint64_t size = (sizeof(record_t) + FIXED_SIZE + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
+        if (length != FIXED_SIZE) abort();
+#else
         uint64_t size = (sizeof(record_t) + length + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
+#endif
         if (length > c->capacity / 4 || offset + size > c->capacity) abort();
         uint64_t value;
         memcpy(&value, base + sizeof(record_t), 8);
@@ -278,6 +311,11 @@ static inline __attribute__((always_inline)) uint64_t poll(consumer_t *c, uint64
             __atomic_store_n(&c->ring->cursor, position, __ATOMIC_RELEASE);
         }
 #endif
+        if (position - c->published_cursor >= c->capacity / 4) {
+            // A long poll still frees space for the producer (as ShmRing: a quarter of the ring).
+            c->published_cursor = position;
+            __atomic_store_n(&c->ring->cursor, position, __ATOMIC_RELEASE);
+        }
     }
     c->position = position;
     c->sequence = sequence;

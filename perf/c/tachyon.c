@@ -6,7 +6,9 @@
 // Usage: see harness.h. CAPACITY in bytes.
 #include "common.h"
 
+#ifndef RING_NAME
 #define RING_NAME "tachyon-style"
+#endif
 #define EVERY 32
 
 typedef struct {
