@@ -59,9 +59,21 @@ static inline __attribute__((always_inline)) uint64_t CShmRing_sequence_mix(uint
     return value ^ (value >> 31);
 }
 
-/// A record's length and type as a word (a multiplicative hash, bit 63 clear).
+/// The shape of a record header read as one little-endian word (length in the low half, type in
+/// the high half, as CShmRing_record lays them out): a multiplicative hash, bit 63 clear. Readers
+/// load the header as that one word and hash it without splitting it.
+static inline __attribute__((always_inline)) uint64_t CShmRing_header_shape(uint64_t header) {
+    return (header * 0x9E3779B97F4A7C15ULL) >> 1;
+}
+
+/// A record header's word: what the producer stores at `length` (one 8-byte store).
+static inline __attribute__((always_inline)) uint64_t CShmRing_header_word(uint32_t length, uint32_t type) {
+    return ((uint64_t)type << 32) | length;
+}
+
+/// A record's length and type as a word (CShmRing_header_shape of its header word).
 static inline __attribute__((always_inline)) uint64_t CShmRing_record_shape(uint32_t length, uint32_t type) {
-    return ((((uint64_t)type << 32) | length) * 0x9E3779B97F4A7C15ULL) >> 1;
+    return CShmRing_header_shape(CShmRing_header_word(length, type));
 }
 
 /// What a padding record mixes in instead of a shape (bit 63 set: never a record's shape).

@@ -44,6 +44,11 @@ struct RingView {
         self.salt = salt
     }
 
+    /// Where `position` lies in the data region (the mask is below the capacity: no overflow check
+    /// needed).
+    @inlinable @inline(__always)
+    func offset(_ position: UInt64) -> Int { Int(truncatingIfNeeded: position & mask) }
+
     /// A 64-bit word of the header.
     @inlinable @inline(__always)
     func word(_ offset: Int) -> UnsafeMutablePointer<UInt64> {
@@ -56,42 +61,37 @@ struct RingView {
         (header + offset).assumingMemoryBound(to: UInt32.self)
     }
 
-    /// The length and type of the record header at `offset` in the data region, read once, as
-    /// the one word the producer wrote them in (relaxed: the caller's acquire load of the commit
+    /// The record header at `offset` in the data region — length in the low half, type in the
+    /// high half (CShmRing_header_word; the ring is little-endian, RingHeaderCheck) — read once,
+    /// as the one word the producer wrote it in (relaxed: the caller's acquire load of the commit
     /// word orders it). Within the last 16 bytes of a lap only padding can start (alignment 8
     /// leaves room for its commit word alone): there the header is not read, and reads as an
     /// impossible length.
     @inlinable @inline(__always)
-    func recordHeader(at offset: Int) -> (length: UInt32, type: UInt32) {
-        guard offset &+ RingLayout.recordHeaderSize <= capacity else { return (UInt32.max, 0) }
-        let header = CShmAtomics_u64_load_relaxed(
+    func recordHeader(at offset: Int) -> UInt64 {
+        guard offset &+ RingLayout.recordHeaderSize <= capacity else { return UInt64(UInt32.max) }
+        return CShmAtomics_u64_load_relaxed(
             (data + (offset &+ RingLayout.Record.length)).assumingMemoryBound(to: UInt64.self))
-        return withUnsafeBytes(of: header) { bytes in
-            (
-                bytes.load(fromByteOffset: RingLayout.Record.length - RingLayout.Record.length, as: UInt32.self),
-                bytes.load(fromByteOffset: RingLayout.Record.type - RingLayout.Record.length, as: UInt32.self)
-            )
-        }
     }
 
     /// Reads the record a consumer expects at `position` — the commit word once (acquire), the
     /// header once — and checks it: the one place every poll decides what it is looking at.
     @inlinable @inline(__always)
     func record(at position: UInt64, sequence: UInt64) -> RecordAt {
-        let offset = Int(position & mask)
+        let offset = offset(position)
         // Acquire: the record's header and payload are visible once its commit word is. Partner:
         // the producer's release store of the commit word (or of a batch's first).
         let word = CShmAtomics_u64_load_acquire((data + offset).assumingMemoryBound(to: UInt64.self))
         // What is left once this sequence's mix is taken out: the record's shape if the word is
         // its commit word, the padding shape if it is its padding (CShmRing_record_word).
         let rest = word ^ CShmRing_sequence_mix((sequence & RingLayout.sequenceMask) ^ salt)
-        // The commit word must name this sequence *and* this header (CShmRing_record_shape).
-        let (length32, type) = recordHeader(at: offset)
-        if rest == CShmRing_record_shape(length32, type) {
-            let length = Int(length32)
+        // The commit word must name this sequence *and* this header (CShmRing_header_shape).
+        let header = recordHeader(at: offset)
+        if rest == CShmRing_header_shape(header) {
+            let length = Int(truncatingIfNeeded: UInt32(truncatingIfNeeded: header))
             let size = recordSize(length)
             guard length <= maxMessageLength, offset &+ size <= capacity else { return .malformed(length: length) }
-            return .committed(length: length, size: size, type: type)
+            return .committed(length: length, size: size, type: UInt32(truncatingIfNeeded: header >> 32))
         }
         guard rest == CSHMRING_PADDING_SHAPE else { return .absent }
         return offset == 0 ? .malformed(length: 0) : .padding

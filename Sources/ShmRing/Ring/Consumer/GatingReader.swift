@@ -48,7 +48,7 @@ struct GatingReader {
                 throw .malformedRecord(length: length, position: position)
             }
             let payload = UnsafeRawBufferPointer(
-                start: view.data + (Int(position & view.mask) &+ RingLayout.recordHeaderSize), count: length)
+                start: view.data + (view.offset(position) &+ RingLayout.recordHeaderSize), count: length)
             let action = handler(
                 RawSpan(_unsafeBytes: payload), RingRecordInfo(sequence: sequence, position: position, type: type))
             if action == .leave { break }

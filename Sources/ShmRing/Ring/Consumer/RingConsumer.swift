@@ -318,7 +318,7 @@ public final class RingConsumer {
             RingError(
                 .corrupted, key: key,
                 "the record at position \(position) claims \(length) bytes (maximum \(view.maxMessageLength), "
-                    + "\(view.capacity - Int(position & view.mask)) left in the lap)")
+                    + "\(view.capacity - view.offset(position)) left in the lap)")
         case .stranded(let position, let sequence, let tailSequence):
             RingError(
                 .corrupted, key: key,

@@ -144,7 +144,7 @@ struct ValidatingReader {
                     malformed = (length, position)
                     break reading
                 }
-                let base = view.data + Int(position & view.mask)
+                let base = view.data + view.offset(position)
                 let record = GatheredRecord(
                     position: position, sequence: sequence, length: length, type: type, copy: used)
                 if copying {

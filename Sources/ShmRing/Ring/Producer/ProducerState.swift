@@ -10,6 +10,8 @@ struct ProducerState {
     @usableFromInline let slots: ProducerSlots
     /// Publish the shared tail at least every this many bytes (a sixteenth of the capacity).
     @usableFromInline let tailEveryBytes: UInt64
+    /// log2 of a sixteenth of the capacity: a position's section of the boundary index.
+    @usableFromInline let sectionShift: UInt64
     /// Where the next record goes.
     @usableFromInline var position: UInt64
     /// The next record's sequence number.

@@ -107,6 +107,7 @@ public final class RingProducer {
             to: ProducerState(
                 view: view, slots: ProducerSlots(base: slots.base, controls: slots.control, count: slots.count),
                 tailEveryBytes: UInt64(config.capacity / 16),
+                sectionShift: UInt64(config.capacity.trailingZeroBitCount - 4),
                 position: start, sequence: config.initialSequence & RingLayout.sequenceMask,
                 limit: start &+ UInt64(config.capacity), rescanAt: start &+ UInt64(config.capacity * 3 / 4),
                 busy: false, closed: false, intent: start, visibleEnd: start,

@@ -25,7 +25,7 @@ struct RingWriter {
         let size = view.recordSize(length)
         var position = state.pointee.position
         // Wrapping arithmetic: every value here is bounded by the capacity (length was checked).
-        let room = view.capacity &- Int(position & view.mask)
+        let room = view.capacity &- view.offset(position)
         let padding = size > room ? room : 0
         let end = position &+ UInt64(truncatingIfNeeded: padding &+ size)
         // Wrapping comparison: `end` is past `rescanAt` when their difference is "positive".
@@ -47,7 +47,7 @@ struct RingWriter {
         if padding > 0 {
             // The rest of the lap is empty: a padding record with the next record's sequence.
             // Relaxed: a consumer that sees it early only moves to the lap's start and waits there.
-            let word = (view.data + Int(position & view.mask)).assumingMemoryBound(to: UInt64.self)
+            let word = (view.data + view.offset(position)).assumingMemoryBound(to: UInt64.self)
             CShmAtomics_u64_store_relaxed(word, view.paddingWord(sequence: state.pointee.sequence))
             position &+= UInt64(padding)
             state.pointee.position = position
@@ -63,7 +63,7 @@ struct RingWriter {
     /// header behind it, it once passed for a later record's — docs/ring.md, "Stale memory".)
     @inlinable @inline(__always)
     func payloadStart(_ position: UInt64, length: Int) -> UnsafeMutableRawPointer {
-        let payload = view.data + (Int(position & view.mask) &+ RingLayout.recordHeaderSize)
+        let payload = view.data + (view.offset(position) &+ RingLayout.recordHeaderSize)
         if length & 7 != 0 {
             // Relaxed atomic: one whole 8-byte store that the compiler can neither split nor
             // merge with the copy that follows; it is published with the record (the commit's
@@ -77,14 +77,10 @@ struct RingWriter {
     @inlinable @inline(__always)
     func commit(record position: UInt64, length: Int, type: UInt32) {
         let view = self.view
-        let base = view.data + Int(position & view.mask)
+        let base = view.data + view.offset(position)
         // Length and type as one whole word (length at +8, type at +12, as readers load them).
         // Relaxed: published by the commit word's release store (or the batch's first).
-        var header: UInt64 = 0
-        withUnsafeMutableBytes(of: &header) { bytes in
-            bytes.storeBytes(of: UInt32(truncatingIfNeeded: length), as: UInt32.self)
-            bytes.storeBytes(of: type, toByteOffset: 4, as: UInt32.self)
-        }
+        let header = CShmRing_header_word(UInt32(truncatingIfNeeded: length), type)
         CShmAtomics_u64_store_relaxed((base + RingLayout.Record.length).assumingMemoryBound(to: UInt64.self), header)
         let sequence = state.pointee.sequence
         let word = base.assumingMemoryBound(to: UInt64.self)
@@ -104,7 +100,7 @@ struct RingWriter {
             CShmAtomics_u64_store_release(word, value)
         }
         let size = UInt64(view.recordSize(length))
-        let section = position >> UInt64(sectionShift)
+        let section = position >> state.pointee.sectionShift
         // Boundary entries only for records already visible: inside a batch, only its first
         // record's, written when the batch ends (a joiner must not start inside a batch).
         if section != state.pointee.lastSection && !state.pointee.inBatch {
@@ -130,9 +126,6 @@ struct RingWriter {
 
     /// The shared tail is published at least every this many records.
     @inlinable static var tailEvery: UInt64 { 64 }
-
-    /// log2 of a sixteenth of the capacity.
-    @inlinable var sectionShift: Int { view.capacity.trailingZeroBitCount - 4 }
 
     /// Publishes the tail (the end of the visible records) and the counters: every 64 records or
     /// a sixteenth of the ring, at the end of every batch, when the producer looks at its
@@ -183,7 +176,7 @@ struct RingWriter {
             var start = state.pointee.visibleEnd
             let offset = UInt64(UInt(bitPattern: first) &- UInt(bitPattern: view.data))
             if offset != start & view.mask { start = (start | view.mask) &+ 1 }
-            let section = start >> UInt64(sectionShift)
+            let section = start >> state.pointee.sectionShift
             if section != state.pointee.lastSection {
                 recordBoundary(
                     position: start, sequence: state.pointee.batchFirstSequence,
