@@ -359,62 +359,8 @@ public final class SharedMemory {
         return try body(UnsafeRawBufferPointer(bytes))
     }
 
-    // MARK: - Lock
-
-    /// Waits for the segment's lock.
-    ///
-    /// - Returns: `.acquired`, or `.previousOwnerDied` when a holder died with the lock and the data
-    ///   has not been declared repaired (`markRepaired()`) since.
-    /// - Throws: `.notAttached`, `.lockError` (this thread holds it already).
-    @available(*, noasync, message: "the lock is owned by a thread; an async task may resume on another")
-    public func lock() throws(SharedMemoryError) -> LockOutcome {
-        let lock = try attachedLock()
-        do { return try lock.lock() } catch { throw SharedMemoryError(error, key: key) }
-    }
-
-    /// Takes the lock if it is free; nil if another thread or process holds it.
-    @available(*, noasync, message: "the lock is owned by a thread; an async task may resume on another")
-    public func tryLock() throws(SharedMemoryError) -> LockOutcome? {
-        let lock = try attachedLock()
-        do { return try lock.tryLock() } catch { throw SharedMemoryError(error, key: key) }
-    }
-
-    /// Waits for the lock at most `timeout`; nil if the time ran out.
-    @available(*, noasync, message: "the lock is owned by a thread; an async task may resume on another")
-    public func lock(timeout: Duration) throws(SharedMemoryError) -> LockOutcome? {
-        let lock = try attachedLock()
-        do { return try lock.lock(timeout: timeout) } catch { throw SharedMemoryError(error, key: key) }
-    }
-
-    /// Releases the lock.
-    ///
-    /// - Throws: `.lockError` if the calling thread does not hold it; `.notAttached`.
-    @available(*, noasync, message: "the lock is owned by a thread; an async task may resume on another")
-    public func unlock() throws(SharedMemoryError) {
-        let lock = try attachedLock()
-        do { try lock.unlock() } catch { throw SharedMemoryError(error, key: key) }
-    }
-
-    /// Declares the data repaired after `.previousOwnerDied`; call it holding the lock.
-    @available(*, noasync, message: "the lock is owned by a thread; an async task may resume on another")
-    public func markRepaired() throws(SharedMemoryError) {
-        let lock = try attachedLock()
-        do { try lock.markRepaired() } catch { throw SharedMemoryError(error, key: key) }
-    }
-
-    /// Runs `body` holding the lock and releases it afterwards, also when `body` throws. `body`
-    /// gets the outcome so that it can repair the data after `.previousOwnerDied`.
-    @available(*, noasync, message: "the lock is owned by a thread; an async task may resume on another")
-    public func withLock<R>(_ body: (LockOutcome) throws -> R) throws -> R {
-        let lock = try attachedLock()
-        do {
-            return try lock.withLock(body)
-        } catch let error as LockError {
-            throw SharedMemoryError(error, key: key)
-        }
-    }
-
-    private func attachedLock() throws(SharedMemoryError) -> RobustLock {
+    /// The lock of the attachment (SharedMemory+Lock).
+    func attachedLock() throws(SharedMemoryError) -> RobustLock {
         guard let attachment else { throw SharedMemoryError(.notAttached, key: key, "not attached") }
         return attachment.lock
     }
@@ -426,68 +372,4 @@ public final class SharedMemory {
             throw SharedMemoryError(error, key: key)
         }
     }
-
-    // MARK: - Serving
-
-    /// The creator's answer to each request, run on the server thread. Captures only plain values
-    /// (descriptor numbers stay valid until `detach` stops the server, before closing them).
-    private static func handler(
-        data: Int32, lock: Int32, size: Int, mappedSize: Int, policy: AccessPolicy, segmentID: SegmentID
-    ) -> RendezvousServer.Handler {
-        let creatorPID = getpid()
-        let creatorUID = geteuid()
-        return { request, credentials, _ in
-            var reply = RendezvousProtocol.Reply(
-                status: .ok, segmentKind: .sharedMemory, creatorPID: creatorPID, creatorUID: creatorUID,
-                segmentID: segmentID, size: UInt64(size), mappedSize: UInt64(mappedSize))
-            if policy.writers == .creatorOnly { reply.flags.insert(.creatorOnlyWriters) }
-            var response = RendezvousServer.Response(reply: reply)
-            guard policy.admits(credentials) else {
-                response.reply.status = .permissionDenied
-                return response
-            }
-            switch request.kind {
-            case .observe:
-                return response
-            case .attachRingConsumer:
-                response.reply.status = .wrongKind
-                return response
-            case .attachSegment:
-                break
-            }
-            let wantsWrite = request.flags.contains(.readWrite)
-            if wantsWrite && policy.writers == .creatorOnly {
-                response.reply.status = .readOnlySegment
-                return response
-            }
-            let dataDescriptor = FileDescriptor(rawValue: data)
-            if wantsWrite {
-                response.descriptors = [dataDescriptor]
-            } else {
-                do throws(SystemCallError) {
-                    response.temporaryDescriptors = [try dataDescriptor.reopen(.readOnly)]
-                    response.reply.flags.insert(.readOnlyDescriptor)
-                } catch {
-                    response.reply.status = .serverError
-                    response.reply.errno = error.errno.rawValue
-                    return response
-                }
-            }
-            response.descriptors.append(FileDescriptor(rawValue: lock))
-            // Roles in the order sent: descriptors, then temporaryDescriptors.
-            response.reply.roles = wantsWrite ? [.data, .lock] : [.lock, .data]
-            response.keepOpen = true
-            return response
-        }
-    }
-}
-
-/// What `SharedMemory.info(key:)` reports about a live segment.
-public struct SharedMemoryInfo: Sendable, Equatable {
-    public var key: String
-    public var segmentID: SegmentID
-    public var size: Int
-    public var creatorPID: Int32
-    public var creatorUID: UInt32
-    public var creatorOnlyWriters: Bool
 }
