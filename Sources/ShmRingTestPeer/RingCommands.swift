@@ -201,7 +201,9 @@ enum RingCommands {
                 bytes: options.has("lag-bytes") ? options.int("lag-bytes") : nil,
                 time: options.has("lag-ms") ? .milliseconds(options.int("lag-ms")) : nil)
         }
-        let consumer = try RingConsumer(key: options.string("key"), configuration: .init(start: .newest, policy: lossy ? .lossy : .gating, lagLimit: lagLimit))
+        let consumer = try RingConsumer(
+            key: options.string("key"),
+            configuration: .init(start: .newest, policy: lossy ? .lossy : .gating, lagLimit: lagLimit))
         let until = UInt64(options.int("until"))
         let sleepEvery = options.int("sleep-every", default: 0)
         let sleepMicroseconds = UInt32(options.int("sleep-us", default: 0))

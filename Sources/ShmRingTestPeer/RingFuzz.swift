@@ -154,7 +154,11 @@ enum RingFuzz {
         attachments: while ContinuousClock.now < deadline {
             let consumer: RingConsumer
             do {
-                consumer = try RingConsumer(key: key, configuration: .init(policy: kind == "lossy" ? .lossy : .gating, lagLimit: kind == "limited" ? LagLimit(bytes: 8192) : nil, timeout: .seconds(2)))
+                consumer = try RingConsumer(
+                    key: key,
+                    configuration: .init(
+                        policy: kind == "lossy" ? .lossy : .gating,
+                        lagLimit: kind == "limited" ? LagLimit(bytes: 8192) : nil, timeout: .seconds(2)))
                 attaches += 1
             } catch {
                 if error.code == .notFound { break }  // the producer is gone

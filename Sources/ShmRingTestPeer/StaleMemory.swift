@@ -233,7 +233,8 @@ enum StaleMemory {
         let seed = UInt64(options.string("seed"))!
         let lossy = options.has("policy") && options.string("policy") == "lossy"
         let from: RingStartPosition = options.has("from") && options.string("from") == "newest" ? .newest : .oldest
-        let consumer = try RingConsumer(key: options.string("key"), configuration: .init(start: from, policy: lossy ? .lossy : .gating))
+        let consumer = try RingConsumer(
+            key: options.string("key"), configuration: .init(start: from, policy: lossy ? .lossy : .gating))
         let plan = StalePlan(seed: seed, capacity: consumer.capacity)
         let end = (plan.initialSequence &+ UInt64(options.int("count"))) & sequenceMask
         PeerRuntime.ready("attached")
@@ -296,7 +297,10 @@ enum StaleMemory {
         let seed = UInt64(options.string("seed"))!
         let perRound = options.int("per-round")
         func attach(_ round: Int) throws -> RingConsumer {
-            try RingConsumer(key: options.string("key"), configuration: .init(start: round % 4 < 2 ? .newest : .oldest, policy: round % 2 == 0 ? .gating : .lossy))
+            try RingConsumer(
+                key: options.string("key"),
+                configuration: .init(
+                    start: round % 4 < 2 ? .newest : .oldest, policy: round % 2 == 0 ? .gating : .lossy))
         }
         var consumer = try attach(0)
         let plan = StalePlan(seed: seed, capacity: consumer.capacity)
@@ -543,7 +547,9 @@ struct StaleWriter {
             let offset = Int(bits % UInt64(buffer.count))
             let size = min(1 + Int((bits >> 32) % 7), buffer.count - offset)
             var bytes = random.next()
-            withUnsafeBytes(of: &bytes) { (buffer.baseAddress! + offset).copyMemory(from: $0.baseAddress!, byteCount: size) }
+            withUnsafeBytes(of: &bytes) {
+                (buffer.baseAddress! + offset).copyMemory(from: $0.baseAddress!, byteCount: size)
+            }
         }
     }
 
@@ -581,7 +587,9 @@ struct StaleWriter {
                 let earlier: UInt64
                 if let expected {
                     let sameHigh = (expected & ~0xFF) | (bits >> 8 & 0xFF)
-                    earlier = sameHigh < expected ? sameHigh : (expected &- 1 &- (bits >> 8 & 0xFF)) & StaleMemory.sequenceMask
+                    earlier =
+                        sameHigh < expected
+                        ? sameHigh : (expected &- 1 &- (bits >> 8 & 0xFF)) & StaleMemory.sequenceMask
                 } else if bits & 4 == 0 {
                     earlier = (sequence &- 1 &- (bits >> 8) % 512) & StaleMemory.sequenceMask
                 } else {

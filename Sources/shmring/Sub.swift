@@ -88,7 +88,11 @@ struct Sub: ParsableCommand {
     func run() throws {
         CShmLinux_install_stop_signals()
         let strategy = idleStrategy(named: idle)!
-        let consumer = try RingConsumer(key: key, namespace: namespace(dir), configuration: .init(start: from == .oldest ? .oldest : .newest, policy: policy == .lossy ? .lossy : .gating, lagLimit: try lagLimit.map(Self.parseLagLimit)))
+        let consumer = try RingConsumer(
+            key: key, namespace: namespace(dir),
+            configuration: .init(
+                start: from == .oldest ? .oldest : .newest, policy: policy == .lossy ? .lossy : .gating,
+                lagLimit: try lagLimit.map(Self.parseLagLimit)))
         var output = OutputBuffer()
         var state = Reading(verify: verify, format: format)
         var rounds = 0

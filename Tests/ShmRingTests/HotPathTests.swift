@@ -78,7 +78,8 @@ extension MultiProcess {
             // Instructions per publish+poll round, for docs/performance.md.
             if let total = lines.first(where: { $0.contains(":shmring_hot_publish_poll ") }) {
                 let count = Int(String(total.split(separator: " ").first!.filter { $0 != "," })) ?? 0
-                print("hot path, \(policy): \(count / messages) instructions per 64-byte publish+poll round (callgrind)")
+                print(
+                    "hot path, \(policy): \(count / messages) instructions per 64-byte publish+poll round (callgrind)")
                 #expect(count > 0)
             } else {
                 Issue.record("callgrind collected nothing in shmring_hot_publish_poll:\n\(report)")

@@ -100,7 +100,8 @@ extension MultiProcess {
             try #require(producer.waitForReady("created"))
             let header = "/memfd:shmring-ring:\(key) (deleted)"
             expectRingError(.invalidConfiguration) {
-                _ = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit(bytes: 1 << 20)))  // beyond the capacity
+                // Beyond the capacity.
+                _ = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit(bytes: 1 << 20)))
             }
             #expect(descriptorsOpen(linkingTo: header) == 0)
             do {

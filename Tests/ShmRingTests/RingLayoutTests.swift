@@ -96,7 +96,8 @@ import Testing
         #expect(RingLayout.Counters.publishedMessages % RingLayout.group == 0, "the counters start a group")
         #expect(RingLayout.Slot.sleeping % RingLayout.group == 0 && RingLayout.Slot.generation % RingLayout.group == 0)
         #expect(RingLayout.Record.length == 8 && RingLayout.Record.type == 12, "length and type form one word")
-        #expect(RingLayout.Boundary.base + RingLayout.boundaryEntries * RingLayout.Boundary.stride <= RingLayout.dataOffset)
+        #expect(
+            RingLayout.Boundary.base + RingLayout.boundaryEntries * RingLayout.Boundary.stride <= RingLayout.dataOffset)
         #expect(RingLayout.flagRefusesGating == 1)
     }
 }

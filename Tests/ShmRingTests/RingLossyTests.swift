@@ -194,10 +194,18 @@ import Glibc
         expectRingError(.invalidConfiguration) {
             _ = try RingConsumer(key: key, configuration: .init(policy: .lossy, lagLimit: LagLimit(bytes: 10)))
         }
-        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit())) }
-        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit(bytes: 0))) }
-        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit(bytes: 8192))) }
-        expectRingError(.invalidConfiguration) { _ = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit(time: .zero))) }
+        expectRingError(.invalidConfiguration) {
+            _ = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit()))
+        }
+        expectRingError(.invalidConfiguration) {
+            _ = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit(bytes: 0)))
+        }
+        expectRingError(.invalidConfiguration) {
+            _ = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit(bytes: 8192)))
+        }
+        expectRingError(.invalidConfiguration) {
+            _ = try RingConsumer(key: key, configuration: .init(lagLimit: LagLimit(time: .zero)))
+        }
         _ = producer
     }
 

@@ -169,7 +169,10 @@ extension MultiProcess {
             let key = uniqueKey()
             let producer = try ChildProcess(
                 TestPeer.forHeavyLoops,
-                ["ring-stale-produce", "--key", key, "--seed", "\(seed)", "--count", "\(messages)", "--wait-consumers", "5"]
+                [
+                    "ring-stale-produce", "--key", key, "--seed", "\(seed)", "--count", "\(messages)",
+                    "--wait-consumers", "5",
+                ]
                     + (scribble ? ["--scribble"] : []))
             try #require(producer.waitForReady("created"))
             let common = ["--key", key, "--seed", "\(seed)", "--count", "\(messages)"]
@@ -183,9 +186,12 @@ extension MultiProcess {
                 TestPeer.forHeavyLoops, ["ring-stale-join"] + common + ["--per-round", "500"])
             var summary: [String] = []
             for (name, reader) in readers {
-                #expect(reader.wait(timeout: .seconds(1800)) == .exited(0), "seed \(seed), \(name): \(reader.standardError)")
+                #expect(
+                    reader.wait(timeout: .seconds(1800)) == .exited(0), "seed \(seed), \(name): \(reader.standardError)"
+                )
                 let results = reader.results
-                #expect(results["wrong"] == "0" && results["unreported_gaps"] == "0", "seed \(seed), \(name): \(results)")
+                #expect(
+                    results["wrong"] == "0" && results["unreported_gaps"] == "0", "seed \(seed), \(name): \(results)")
                 let received = Int(results["received"] ?? "") ?? 0
                 let lapped = Int(results["lapped"] ?? "") ?? 0
                 // Exact: every record was checked, or counted as missed (torn ones in place included).

@@ -275,7 +275,8 @@ func expectRingError(
         expectRingError(.typeMismatch) { try anonymous.poll(as: Tick.self) { _, _ in .continue } }
         expectRingError(.typeMismatch) {
             _ = try RingConsumer(
-                key: producer.key, configuration: .init(valueType: RingTypeFingerprint(Tick.self, name: "Tick", version: 4)))
+                key: producer.key,
+                configuration: .init(valueType: RingTypeFingerprint(Tick.self, name: "Tick", version: 4)))
         }
     }
 

@@ -21,7 +21,8 @@ final class Handoff<T>: @unchecked Sendable {
         let key = uniqueKey()
         let messages = 100_000
         let producer = Handoff(try RingProducer(key: key, configuration: RingConfiguration(capacity: 16384)))
-        let consumers = try (0..<2).map { _ in Handoff(try RingConsumer(key: key, configuration: .init(start: .oldest))) }
+        let consumers = try (0..<2).map { _ in Handoff(try RingConsumer(key: key, configuration: .init(start: .oldest)))
+        }
         let results = consumers.map { _ in Handoff(UnsafeMutablePointer<Int>.allocate(capacity: 4)) }
         defer { for result in results { result.value.deallocate() } }
         let readers = try zip(consumers, results).map { consumer, result in

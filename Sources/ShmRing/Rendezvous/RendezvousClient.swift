@@ -20,7 +20,9 @@ package struct RendezvousConnection: ~Copyable {
     /// The descriptors of the reply, in the order of `reply.roles`; nil once handed on.
     private var descriptors: [FileDescriptor?]
 
-    init(socket: FileDescriptor, reply: RendezvousProtocol.Reply, descriptors: [FileDescriptor], server: PeerCredentials) {
+    init(
+        socket: FileDescriptor, reply: RendezvousProtocol.Reply, descriptors: [FileDescriptor], server: PeerCredentials
+    ) {
         self.socket = socket
         self.reply = reply
         self.descriptors = descriptors

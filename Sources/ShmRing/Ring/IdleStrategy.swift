@@ -32,7 +32,8 @@ public struct IdleStrategy: Sendable, Hashable, CustomStringConvertible {
     public var maximumSleep: Duration
 
     public init(
-        spins: Int, yields: Int = 0, minimumSleep: Duration = .microseconds(50), maximumSleep: Duration = .milliseconds(1)
+        spins: Int, yields: Int = 0, minimumSleep: Duration = .microseconds(50),
+        maximumSleep: Duration = .milliseconds(1)
     ) {
         self.spins = max(0, spins)
         self.yields = max(0, yields)

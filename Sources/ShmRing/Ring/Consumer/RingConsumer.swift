@@ -175,7 +175,8 @@ public final class RingConsumer {
             // and a mapping that cannot be made is a typed error instead of a trap.
             let size = state.pointee.bufferSize
             guard
-                let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+                let mapped = mmap(
+                    nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
                 mapped != MAP_FAILED
             else {
                 throw RingError(

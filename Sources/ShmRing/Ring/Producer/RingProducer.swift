@@ -290,7 +290,8 @@ public final class RingProducer {
         state.pointee.busy = true
         defer { state.pointee.busy = state.pointee.closed }
         var span = MutableRawSpan(
-            _unsafeBytes: UnsafeMutableRawBufferPointer(start: writer.payloadStart(record, length: length), count: length))
+            _unsafeBytes: UnsafeMutableRawBufferPointer(
+                start: writer.payloadStart(record, length: length), count: length))
         let decision: ClaimDecision
         do {
             decision = try body(&span)
@@ -375,6 +376,4 @@ public final class RingProducer {
         state.pointee.verifiedType = ObjectIdentifier(T.self)
     }
 
-
 }
-
