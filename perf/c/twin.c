@@ -1,6 +1,7 @@
 // The C twin of ShmRing's ring: the same layout (CShmRingLayout.h), record format and commit
 // protocol, the same producer bookkeeping per message (tail intent, commit word with release,
-// boundary index, tail seqlock, counters; -DTWIN_NO_LOSSY_INDEX leaves out the tail intent and the
+// boundary index; the tail seqlock and counters every 64 records or a sixteenth of the ring and
+// at the end of a batch, as layout 4; -DTWIN_NO_LOSSY_INDEX leaves out the tail intent and the
 // boundary index, to measure what lossy readers cost the producer) and the same gating (a rescan at the low watermark with
 // the seq_cst handshake), one gating consumer that publishes its cursor once per poll.
 // Usage: twin throughput MESSAGES SIZE CPU_A CPU_B [ALIGNMENT [BATCH]]
@@ -18,6 +19,7 @@ typedef struct {
     uint32_t alignment;
     // producer state
     uint64_t position, sequence, limit, rescan_at, last_section, tail_version, published, published_bytes, intent;
+    uint64_t tail_published_count, tail_published_position;
     // consumer state
     uint64_t c_position, c_sequence, c_published;
 } ring;
@@ -79,6 +81,8 @@ __attribute__((noinline)) static int make_room(ring *r, uint64_t end) {
 }
 
 static inline void publish_tail(ring *r) {
+    r->tail_published_count = r->published;
+    r->tail_published_position = r->position;
     uint64_t version = r->tail_version + 2;
     r->tail_version = version;
     CShmRing_producer *p = &hdr(r)->producer;
@@ -132,7 +136,7 @@ static inline int publish_in(ring *r, const void *bytes, uint32_t length, uint64
     if (length & 7) __atomic_store_n((uint64_t *)(base + CSHMRING_RECORD_HEADER + (length & ~7u)), 0, __ATOMIC_RELAXED);
     memcpy(base + CSHMRING_RECORD_HEADER, bytes, length);
     CShmRing_record *record = (CShmRing_record *)base;
-    uint64_t header = (uint64_t)length;  // type 0 in the high half (x86-64: little-endian)
+    uint64_t header = CShmRing_header_word(length, 0);
     __atomic_store_n((uint64_t *)&record->length, header, __ATOMIC_RELAXED);
     if (first == NULL) {
         __atomic_store_n(&record->commit, record_word(r, r->sequence, length, 0), __ATOMIC_RELEASE);
@@ -150,7 +154,10 @@ static inline int publish_in(ring *r, const void *bytes, uint32_t length, uint64
     r->sequence = (r->sequence + 1) & CSHMRING_SEQUENCE_MASK;
     r->published++;
     r->published_bytes += length;
-    if (first == NULL) publish_tail(r);
+    // Layout 4: the tail and counters every 64 records or a sixteenth of the ring (RingWriter).
+    if (first == NULL && (r->published - r->tail_published_count >= 64
+                          || r->position - r->tail_published_position >= CAPACITY / 16))
+        publish_tail(r);
     return 1;
 }
 
@@ -179,8 +186,8 @@ static inline uint64_t poll(ring *r, uint64_t limit, uint64_t *sum) {
         char *base = r->data + offset;
         uint64_t rest = __atomic_load_n((uint64_t *)base, __ATOMIC_ACQUIRE) ^ CShmRing_sequence_mix(sequence ^ r->salt);
         uint64_t header = __atomic_load_n((uint64_t *)&((CShmRing_record *)base)->length, __ATOMIC_RELAXED);
-        uint32_t length = (uint32_t)header, type = (uint32_t)(header >> 32);
-        if (rest != CShmRing_record_shape(length, type)) {
+        uint32_t length = (uint32_t)header;
+        if (rest != CShmRing_header_shape(header)) {
             if (rest != CSHMRING_PADDING_SHAPE) break;
             position += CAPACITY - offset;
             continue;
