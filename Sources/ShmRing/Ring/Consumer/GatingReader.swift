@@ -16,9 +16,20 @@ struct GatingReader {
     /// Hands up to `limit` committed messages to `handler` in place (see `RingConsumer.poll`).
     @inlinable
     func poll(limit: Int, _ handler: (RawSpan, RingRecordInfo) -> PollAction) throws(ReadFailure) -> Int {
-        let (view, slot, cursorInterval) = (state.pointee.view, state.pointee.slot, state.pointee.cursorInterval)
+        let view = state.pointee.view
         var position = state.pointee.position
         var sequence = state.pointee.sequence
+        guard limit > 0 else { return 0 }
+        var found = view.record(at: position, sequence: sequence)
+        if case .absent = found {
+            // Caught up: the spinning consumer's common case, so it returns before anything is
+            // stored. Now and then make sure this is not a record that can never come (a header
+            // rewritten under this consumer).
+            state.pointee.emptyPolls &+= 1
+            if state.pointee.emptyPolls & 4095 == 0 { try checkNotStranded(position, sequence) }
+            return 0
+        }
+        let (slot, cursorInterval) = (state.pointee.slot, state.pointee.cursorInterval)
         var count = 0
         var bytes: UInt64 = 0
         defer {
@@ -28,38 +39,29 @@ struct GatingReader {
             state.pointee.deliveredBytes &+= bytes
             if position != state.pointee.publishedCursor { slot.publishCursor(position, state) }
         }
-        reading: while count < limit {
-            let (length, size, type): (Int, Int, UInt32)
-            switch view.record(at: position, sequence: sequence) {
-            case .committed(let committedLength, let committedSize, let committedType):
-                (length, size, type) = (committedLength, committedSize, committedType)
+        while true {
+            switch found {
+            case .committed(let length, let size, let type):
+                let payload = UnsafeRawBufferPointer(
+                    start: view.data + (view.offset(position) &+ RingLayout.recordHeaderSize), count: length)
+                let action = handler(
+                    RawSpan(_unsafeBytes: payload), RingRecordInfo(sequence: sequence, position: position, type: type))
+                if action == .leave { return count }
+                position &+= UInt64(size)
+                sequence = (sequence &+ 1) & RingLayout.sequenceMask
+                count += 1
+                bytes &+= UInt64(length)
+                if action == .stop || count == limit { return count }
+                if position &- state.pointee.publishedCursor >= cursorInterval { slot.publishCursor(position, state) }
             case .padding:
                 position &+= UInt64(view.capacity) &- (position & view.mask)
-                continue reading
             case .absent:
-                // Not committed yet. Now and then, when nothing came at all, make sure it is not a
-                // record that can never come (a header rewritten under this consumer).
-                if count == 0 {
-                    state.pointee.emptyPolls &+= 1
-                    if state.pointee.emptyPolls & 4095 == 0 { try checkNotStranded(position, sequence) }
-                }
-                break reading
+                return count
             case .malformed(let length):
                 throw .malformedRecord(length: length, position: position)
             }
-            let payload = UnsafeRawBufferPointer(
-                start: view.data + (view.offset(position) &+ RingLayout.recordHeaderSize), count: length)
-            let action = handler(
-                RawSpan(_unsafeBytes: payload), RingRecordInfo(sequence: sequence, position: position, type: type))
-            if action == .leave { break }
-            position &+= UInt64(size)
-            sequence = (sequence &+ 1) & RingLayout.sequenceMask
-            count += 1
-            bytes &+= UInt64(length)
-            if action == .stop { break }
-            if position &- state.pointee.publishedCursor >= cursorInterval { slot.publishCursor(position, state) }
+            found = view.record(at: position, sequence: sequence)
         }
-        return count
     }
 
     /// A gating consumer waits at `position` for `sequence`. If the producer's tail says that
