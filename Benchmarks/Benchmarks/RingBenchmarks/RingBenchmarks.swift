@@ -1,6 +1,6 @@
 // In-process publish+poll of the ring at several payload sizes, for a gating consumer (in place)
 // and a lossy one (copy, then validate), gated on zero allocations per message
-// (package-benchmark's malloc counter). Two-process figures are perf/study.sh's.
+// (package-benchmark's malloc counter). Two-process figures are perf/study.py's.
 import Benchmark
 import ShmRing
 
