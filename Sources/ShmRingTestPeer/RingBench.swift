@@ -7,7 +7,7 @@ import ShmRing
 import Glibc
 #endif
 
-/// Two-process benchmarks of the ring, shaped like perf/c/harness.h so that perf/study.sh can
+/// Two-process benchmarks of the ring, shaped like perf/c/harness.h so that perf/study.py can
 /// compare them in one run: the same capacity (1 MiB unless `--capacity`), payload, pinning and
 /// timing.
 ///
