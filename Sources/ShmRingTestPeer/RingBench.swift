@@ -77,7 +77,7 @@ enum RingBench {
             sorted.sort()
             print(
                 "shmring rtt_p50_ns=\(sorted[count / 2]) rtt_p99_ns=\(sorted[count * 99 / 100]) "
-                    + "rtt_p999_ns=\(sorted[count * 999 / 1000]) samples=\(count) sink=\(sink & 0)")
+                    + "rtt_p999_ns=\(sorted[count * 999 / 1000]) samples=\(count) sink=\(sink)")
         }
         var status: Int32 = 0
         while waitpid(child, &status, 0) < 0 && errno == EINTR {}
