@@ -18,6 +18,8 @@ Programs (perf/c; harness.h says what each run does), all pinned to CPUs 0 and 1
   commit          the minimal commit-in-header ring: the round-trip baseline; commit-* adds one
                   of ShmRing's costs at a time (commit.c's knobs)
   twin            ShmRing's protocol in C (twin.c, 1 MiB only); shmring: ShmRing (the test peer)
+  *-idleN         the consumer pauses N times after a poll that found nothing (IDLE_PAUSES;
+                  shmring-idleN: ring-bench --idle-pauses N)
 Results: perf/results/study-DATE.txt (raw lines and the report; not in git)."""
 import argparse
 import datetime
@@ -52,6 +54,9 @@ VARIANTS = {
     "commit-pfr2-adaptive": ("commit.c", ["-DPF_READ=2", "-DADAPTIVE=1"]),
     "commit-pfw2": ("commit.c", ["-DPF_WRITE=2"]),
     "commit-spintail": ("commit.c", ["-DSPIN_TAIL=1"]),
+    "commit-idle8": ("commit.c", ["-DIDLE_PAUSES=8"]),
+    "commit-idle32": ("commit.c", ["-DIDLE_PAUSES=32"]),
+    "slots-batched-idle32": ("slots.c", ["-DINDEX_EVERY=0", "-DIDLE_PAUSES=32"]),
     "twin": ("twin.c", []),
     "line": ("pingpong.c", []),
 }
@@ -74,12 +79,14 @@ def run(command):
 
 
 def command(name, mode, size, capacity, batch, args):
-    if name == "shmring":
+    if name.startswith("shmring"):  # shmring, or shmring-idleN: N pauses after an empty poll
+        pauses = name.split("-idle")[1] if "-idle" in name else "1"
         if mode == "rtt":
             return [PEER, "ring-bench", "--mode", "rtt", "--count", str(args.rtt_rounds), "--size", str(size),
                     "--cpu-a", "0", "--cpu-b", "1", "--capacity", str(capacity)]
         return [PEER, "ring-bench", "--mode", "throughput", "--count", str(args.messages), "--size", str(size),
-                "--batch", str(batch), "--cpu-a", "0", "--cpu-b", "1", "--capacity", str(capacity)]
+                "--batch", str(batch), "--cpu-a", "0", "--cpu-b", "1", "--capacity", str(capacity),
+                "--idle-pauses", pauses]
     if name == "twin":  # 1 MiB, alignment 16
         if mode == "rtt":
             return [os.path.join(BIN, "twin"), "rtt", str(args.rtt_rounds), str(size), "0", "1", "16"]

@@ -12,7 +12,7 @@ import Glibc
 /// timing.
 ///
 /// `ring-bench --mode throughput|rtt --count N --size S --cpu-a A --cpu-b B [--alignment AL]
-/// [--batch BA] [--capacity BYTES]`: this process is side A (producer of the data, or the pinger); it spawns itself as
+/// [--batch BA] [--capacity BYTES] [--idle-pauses N]`: this process is side A (producer of the data, or the pinger); it spawns itself as
 /// side B (`ring-bench-child`).
 enum RingBench {
     static func run(_ options: PeerOptions) throws {
@@ -26,7 +26,7 @@ enum RingBench {
         let child = try spawnChild([
             "ring-bench-child", "--mode", mode, "--key", key, "--count", "\(count)", "--size", "\(size)", "--cpu",
             options.string("cpu-b"), "--alignment", "\(configuration.alignment)", "--capacity",
-            "\(configuration.capacity)",
+            "\(configuration.capacity)", "--idle-pauses", "\(options.int("idle-pauses", default: 1))",
         ])
         _ = CShmTestSupport_pin_thread_to_cpu(Int32(options.int("cpu-a")))
         while producer.activeConsumerCount < 1 { usleep(100) }
@@ -93,6 +93,8 @@ enum RingBench {
         var received = 0
         var sum: UInt64 = 0
         if options.string("mode") == "throughput" {
+            // How many pauses after a poll that found nothing (perf/c/harness.h's IDLE_PAUSES).
+            let idlePauses = options.int("idle-pauses", default: 1)
             var start: UInt64 = 0
             while received < count {
                 let got = try consumer.poll { bytes, _ in
@@ -101,7 +103,7 @@ enum RingBench {
                 }
                 if got > 0 && received == 0 { start = RingCommands.now() }
                 received += got
-                if got == 0 { CShmAtomics_pause() }
+                if got == 0 { for _ in 0..<idlePauses { CShmAtomics_pause() } }
             }
             let seconds = Double(RingCommands.now() - start) / 1e9
             print(

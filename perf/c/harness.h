@@ -26,6 +26,11 @@
 #ifndef SHMRING_PERF_HARNESS_H
 #define SHMRING_PERF_HARNESS_H
 
+// IDLE_PAUSES=N (default 1): in throughput runs, the consumer pauses N times after a poll that found
+// nothing, before it reads again (how hard a caught-up consumer presses on the producer's lines).
+#ifndef IDLE_PAUSES
+#define IDLE_PAUSES 1
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,7 +89,7 @@ int main(int argc, char **argv) {
                 uint64_t got = poll(&consumer, count - received, &sum);
                 if (got && !received) start = now_ns();
                 received += got;
-                if (!got) cpu_relax();
+                if (!got) for (int pause = 0; pause < IDLE_PAUSES; pause++) cpu_relax();
             }
             double seconds = (now_ns() - start) / 1e9;
             printf("%s size=%u capacity=%zu batch=%llu messages=%llu msgs_per_s=%.0f checksum=%llu\n", RING_NAME,
