@@ -94,7 +94,7 @@ enum RingBench {
         var sum: UInt64 = 0
         if options.string("mode") == "throughput" {
             // How many pauses after a poll that found nothing (perf/c/harness.h's IDLE_PAUSES).
-            let idlePauses = options.int("idle-pauses", default: 1)
+            let idlePauses = max(0, options.int("idle-pauses", default: 1))
             var start: UInt64 = 0
             while received < count {
                 let got = try consumer.poll { bytes, _ in

@@ -63,6 +63,7 @@ static uint64_t gating_minimum(ring *r) {
 }
 
 __attribute__((noinline)) static int make_room(ring *r, uint64_t end) {
+    // (ShmRing also publishes its tail here, outside batches: once per quarter ring, left out.)
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     uint64_t first = gating_minimum(r);
     __atomic_store_n(&hdr(r)->producer.limit, first + CAPACITY, __ATOMIC_SEQ_CST);

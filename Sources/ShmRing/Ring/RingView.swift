@@ -78,7 +78,7 @@ struct RingView {
     /// header once — and checks it: the one place every poll decides what it is looking at.
     @inlinable @inline(__always)
     func record(at position: UInt64, sequence: UInt64) -> RecordAt {
-        let offset = offset(position)
+        let offset = self.offset(position)
         // Acquire: the record's header and payload are visible once its commit word is. Partner:
         // the producer's release store of the commit word (or of a batch's first).
         let word = CShmAtomics_u64_load_acquire((data + offset).assumingMemoryBound(to: UInt64.self))
@@ -88,7 +88,7 @@ struct RingView {
         // The commit word must name this sequence *and* this header (CShmRing_header_shape).
         let header = recordHeader(at: offset)
         if rest == CShmRing_header_shape(header) {
-            let length = Int(truncatingIfNeeded: UInt32(truncatingIfNeeded: header))
+            let length = Int(UInt32(truncatingIfNeeded: header))
             let size = recordSize(length)
             guard length <= maxMessageLength, offset &+ size <= capacity else { return .malformed(length: length) }
             return .committed(length: length, size: size, type: UInt32(truncatingIfNeeded: header >> 32))

@@ -126,7 +126,7 @@ final class SlotBoard: @unchecked Sendable {
         // Relaxed: published by the release store of the generation below.
         CShmAtomics_u64_store_relaxed(control.policy(slot), UInt64(policy.rawValue))
         // Release: the fresh page and the policy are visible before the generation that makes the
-        // producer look at them. Partner: the acquire load in RingProducer.sampleSlot, which
+        // producer look at them. Partner: the acquire load in GatingScanner.sampleSlot, which
         // follows its load of the consumer's `active` (the consumer stores `active` only after
         // receiving the reply sent after this store).
         CShmAtomics_u64_store_release(control.generation(slot), generation)

@@ -20,13 +20,14 @@ struct GatingReader {
         var position = state.pointee.position
         var sequence = state.pointee.sequence
         guard limit > 0 else { return 0 }
+        // Every gating poll that moved publishes its cursor (the defer below), and the joiner
+        // starts with both equal: nothing is owed to the producer when a poll starts.
+        assert(position == state.pointee.publishedCursor)
         var found = view.record(at: position, sequence: sequence)
         if case .absent = found {
-            // Caught up: the spinning consumer's common case, so it returns before anything is
-            // stored. Now and then make sure this is not a record that can never come (a header
-            // rewritten under this consumer).
-            state.pointee.emptyPolls &+= 1
-            if state.pointee.emptyPolls & 4095 == 0 { try checkNotStranded(position, sequence) }
+            // Caught up: the spinning consumer's common case, so it returns before any store to
+            // shared memory and with one store to its own state.
+            try countEmptyPoll(position, sequence)
             return 0
         }
         let (slot, cursorInterval) = (state.pointee.slot, state.pointee.cursorInterval)
@@ -56,12 +57,22 @@ struct GatingReader {
             case .padding:
                 position &+= UInt64(view.capacity) &- (position & view.mask)
             case .absent:
+                // Nothing handed out, but a padding record was crossed: an empty poll at the lap's start.
+                if count == 0 { try countEmptyPoll(position, sequence) }
                 return count
             case .malformed(let length):
                 throw .malformedRecord(length: length, position: position)
             }
             found = view.record(at: position, sequence: sequence)
         }
+    }
+
+    /// Counts a poll that handed out nothing; now and then makes sure the record awaited is not
+    /// one that can never come (a header rewritten under this consumer).
+    @inlinable @inline(__always)
+    func countEmptyPoll(_ position: UInt64, _ sequence: UInt64) throws(ReadFailure) {
+        state.pointee.emptyPolls &+= 1
+        if state.pointee.emptyPolls & 4095 == 0 { try checkNotStranded(position, sequence) }
     }
 
     /// A gating consumer waits at `position` for `sequence`. If the producer's tail says that

@@ -96,11 +96,12 @@ struct RingWriter {
             }
         } else {
             // Release: the header and payload stores above become visible no later than the
-            // commit word. Partner: the consumer's acquire load of the commit word in `poll`.
+            // commit word. Partner: the consumer's acquire load of the commit word in
+            // RingView.record(at:sequence:).
             CShmAtomics_u64_store_release(word, value)
         }
         let size = UInt64(view.recordSize(length))
-        let section = position >> state.pointee.sectionShift
+        let section = position &>> state.pointee.sectionShift
         // Boundary entries only for records already visible: inside a batch, only its first
         // record's, written when the batch ends (a joiner must not start inside a batch).
         if section != state.pointee.lastSection && !state.pointee.inBatch {
@@ -168,7 +169,8 @@ struct RingWriter {
         state.pointee.inBatch = false
         if let first = state.pointee.batchFirstWord {
             // Release: every record of the batch (headers, payloads, relaxed commit words) becomes
-            // visible no later than this. Partner: the consumer's acquire load in `poll`.
+            // visible no later than this. Partner: the consumer's acquire load in
+            // RingView.record(at:sequence:).
             CShmAtomics_u64_store_release(first, state.pointee.batchFirstValue)
             state.pointee.batchFirstWord = nil
             // The batch's first record as a boundary entry, now that it is visible. It starts at
@@ -176,7 +178,7 @@ struct RingWriter {
             var start = state.pointee.visibleEnd
             let offset = UInt64(UInt(bitPattern: first) &- UInt(bitPattern: view.data))
             if offset != start & view.mask { start = (start | view.mask) &+ 1 }
-            let section = start >> state.pointee.sectionShift
+            let section = start &>> state.pointee.sectionShift
             if section != state.pointee.lastSection {
                 recordBoundary(
                     position: start, sequence: state.pointee.batchFirstSequence,
