@@ -20,11 +20,15 @@ enum RingBench {
         let count = options.int("count")
         let size = options.int("size")
         let key = "bench-\(getpid())"
+        // Round trips before the measured ones (as perf/c/harness.h): caches, TLB and branch
+        // predictors warm, both rings' pages touched.
+        let warm = mode == "rtt" ? 10_000 : 0
         var configuration = RingConfiguration(capacity: options.int("capacity", default: 1 << 20))
         configuration.alignment = options.int("alignment", default: 16)
         let producer = try RingProducer(key: key, configuration: configuration)
         let child = try spawnChild([
-            "ring-bench-child", "--mode", mode, "--key", key, "--count", "\(count)", "--size", "\(size)", "--cpu",
+            "ring-bench-child", "--mode", mode, "--key", key, "--count", "\(count + warm)", "--size", "\(size)",
+            "--cpu",
             options.string("cpu-b"), "--alignment", "\(configuration.alignment)", "--capacity",
             "\(configuration.capacity)", "--idle-pauses", "\(options.int("idle-pauses", default: 1))",
         ])
@@ -61,7 +65,7 @@ enum RingBench {
             let samples = UnsafeMutablePointer<UInt64>.allocate(capacity: count)
             defer { samples.deallocate() }
             var sink: UInt64 = 0
-            for index in 0..<count {
+            for round in 0..<(warm + count) {
                 let start = RingCommands.now()
                 while try producer.publish(message) == .backPressured { CShmAtomics_pause() }
                 while try consumer!.poll(
@@ -71,7 +75,7 @@ enum RingBench {
                         return .continue
                     }) == 0
                 { CShmAtomics_pause() }
-                samples[index] = RingCommands.now() - start
+                if round >= warm { samples[round - warm] = RingCommands.now() - start }
             }
             var sorted = UnsafeMutableBufferPointer(start: samples, count: count)
             sorted.sort()
