@@ -55,6 +55,9 @@ VARIANTS = {
     "commit-pfw2": ("commit.c", ["-DPF_WRITE=2"]),
     "commit-spintail": ("commit.c", ["-DSPIN_TAIL=1"]),
     "commit-idle8": ("commit.c", ["-DIDLE_PAUSES=8"]),
+    "commit-fixed64": ("commit.c", ["-DFIXED_SIZE=64"]),  # 64-byte payloads only
+    "commit-pfr4": ("commit.c", ["-DPF_READ=4"]),
+    "commit-pfr8-adaptive": ("commit.c", ["-DPF_READ=8", "-DADAPTIVE=1"]),
     "commit-idle32": ("commit.c", ["-DIDLE_PAUSES=32"]),
     "slots-batched-idle32": ("slots.c", ["-DINDEX_EVERY=0", "-DIDLE_PAUSES=32"]),
     "twin": ("twin.c", []),

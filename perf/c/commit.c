@@ -27,6 +27,9 @@
 //   SPIN_TAIL=0|1     the consumer waits on the producer's tail word (published after every
 //                     record, as an index ring does) instead of the next record's commit word
 //   ADAPTIVE=0|1      with PF_READ: prefetch only while records keep coming in this poll
+//   FIXED_SIZE=N      experiment (payloads of N bytes only): the consumer computes the next record's
+//                     position from N, not from the length it loaded, so its loads do not depend
+//                     on each other (what an index ring's consumer has)
 // Usage: see harness.h. CAPACITY in bytes.
 #include "common.h"
 #include "CShmRingLayout.h"
