@@ -7,7 +7,7 @@
 // `lock xadd`, compare-exchange is `lock cmpxchg`, the seq_cst fence is `mfence`).
 //
 // Naming: CShmAtomics_<width>_<operation>_<ordering>. Every caller names its ordering explicitly
-// and comments its partner (STYLE.md, practice 4).
+// and names, in a comment, the operation that pairs with it in the other thread or process.
 #ifndef CSHMATOMICS_H
 #define CSHMATOMICS_H
 

@@ -197,7 +197,7 @@ typedef struct {
     /// ... or once it has held the producer back this long.
     uint64_t lag_limit_nanoseconds;
     uint8_t reserved0[CSHMRING_GROUP - 80];
-    // Sleeping line (the wake-up issue).
+    // Sleeping line (reserved for the wake-up path).
     uint32_t sleeping;
     uint8_t reserved1[CSHMRING_GROUP - 4];
     // Owner line: written by the producer. `generation` is a copy for the consumer and observers

@@ -22,7 +22,7 @@ package enum RendezvousProtocol {
     package enum RequestKind: UInt16, Sendable, Equatable {
         /// Attach to a `SharedMemory` segment.
         case attachSegment = 1
-        /// Attach to a ring as a consumer (a later issue).
+        /// Attach to a ring as a consumer.
         case attachRingConsumer = 2
         /// Read-only information for `shmring stat`/`shmring shm info`.
         case observe = 3

@@ -8,7 +8,7 @@ import Glibc
 /// A small io_uring instance, through the opaque C wrapper of CShmLinux.
 ///
 /// ShmRing's sleeping consumers wait in one io_uring wait that covers a futex word, the
-/// producer's liveness and a timeout (docs/wakeup.md, a later issue). This type is the Swift face
+/// producer's liveness and a timeout (the wake-up path, still to come). This type is the Swift face
 /// of that wrapper; `<liburing.h>` never reaches Swift.
 package final class IOURing {
     /// One completion.
