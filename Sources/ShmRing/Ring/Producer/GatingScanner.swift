@@ -67,7 +67,7 @@ struct GatingScanner {
         let limitWord = view.word(RingLayout.Producer.limit)
         // Seq_cst fence, then the slot loads: the producer's half of the join handshake (Dekker).
         // Partner: the joiner's seq_cst store of `active` followed by its seq_cst load of `limit`
-        // (RingConsumer.join). Either this scan sees the joiner, or the joiner sees the limit
+        // (RingJoiner.join). Either this scan sees the joiner, or the joiner sees the limit
         // stored below.
         CShmAtomics_fence_seq_cst()
         let first = gatingMinimum()

@@ -53,8 +53,8 @@ struct ProducerState {
     @usableFromInline var blockedSincePublished: UInt64 = 0
     @usableFromInline var demotions: UInt64 = 0
     @usableFromInline var evictions: UInt64 = 0
-    /// The last eviction: slot, the producer's position, the cursor, the published tail (for
-    /// diagnostics: `lastEviction`).
+    /// The last eviction: slot, the producer's position, the cursor, the visible end, the
+    /// producer's sequence and its tail intent (for diagnostics: `lastEviction`).
     @usableFromInline var lastEviction:
         (slot: Int, position: UInt64, cursor: UInt64, tail: UInt64, sequence: UInt64, intent: UInt64) = (
             0, 0, 0, 0, 0, 0

@@ -32,7 +32,7 @@ struct RingWriter {
         if Int64(bitPattern: end &- state.pointee.rescanAt) > 0 {
             if !GatingScanner(state: state).makeRoom(until: end) { return nil }
         }
-        // Lap detection (the lossy reader's half is RingConsumer.gather): the tail intent moves
+        // Lap detection (the lossy reader's half is ValidatingReader.gather): the tail intent moves
         // before any byte of the claimed space is written, and never backwards (after an abort the
         // space is reused, but what the aborted claim wrote may already have torn old records).
         // Relaxed store, then a release fence: every later store (padding, header, payload,
