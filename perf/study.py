@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Usage: perf/study.py [--rounds N] [--messages N] [--rtt-rounds N] [--sizes 48,64]
-                      [--capacities 65536,1048576] [--variants a,b,...] [--no-swift] [--quick]
+                      [--capacities 65536,1048576] [--variants a,b,...] [--batches 1,32] [--no-swift]
 
 The ring's record-protocol study and its baselines, measured as sandwiches: within a round, for
 each configuration (payload size, capacity, mode), the baseline runs before and after every

@@ -7,7 +7,7 @@
 //   ALIGN=16          record alignment (a record is 16 + payload bytes, rounded up to it)
 //   MIX=0|1           commit word: sequence + 1 (0), or ShmRing's (1): CShmRing_record_word, a
 //                     64-bit mix of sequence and salt, XOR the record's shape (both sides compute it)
-//   KEEP=0|1|2        producer bookkeeping per publish: none (0); ShmRing layout 3's (1): the tail
+//   KEEP=0|1|2|3      producer bookkeeping per publish: none (0); ShmRing layout 3's (1): the tail
 //                     intent (relaxed store + release fence) on every claim, the tail under a
 //                     seqlock and two counters after every publish, a boundary entry per sixteenth;
 //                     amortized (2): the intent claimed a sixteenth of the ring ahead, the tail and

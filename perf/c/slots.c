@@ -8,10 +8,12 @@
 #ifndef INDEX_EVERY
 #define INDEX_EVERY 1
 #endif
+#ifndef RING_NAME
 #if INDEX_EVERY
 #define RING_NAME "slots"
 #else
 #define RING_NAME "slots-batched"
+#endif
 #endif
 
 typedef struct {
@@ -85,15 +87,9 @@ static inline __attribute__((always_inline)) uint64_t poll(consumer_t *c, uint64
             c->head_cache = __atomic_load_n(&c->ring->head, __ATOMIC_ACQUIRE);
             if (c->tail == c->head_cache) break;
         }
-#if COPY_OUT
-        uint64_t copy[8];
-        memcpy(copy, c->ring->slots + (c->tail & c->mask) * 64, 64);
-        *sum += copy[0] + (copy[7] == 0x0707070707070707ull ? 0 : 1);
-#else
         uint64_t value;
         memcpy(&value, c->ring->slots + (c->tail & c->mask) * 64, 8);
         *sum += value;
-#endif
         c->tail++;
         count++;
 #if INDEX_EVERY
