@@ -14,22 +14,30 @@ import Glibc
 /// call (docs/ring.md, "The hot path").
 enum HotPath {
     /// `--messages N --size S [--policy gating|lossy] [--seccomp 1] [--syscall-in-loop 1]`: a
-    /// gating consumer reads in place; a lossy one copies, then validates.
+    /// gating consumer reads in place; a lossy one copies, then validates. Reports the policy the
+    /// consumer has, how many messages it delivered and the sum of their first bytes (1 each).
     static func run(_ options: PeerOptions) throws {
         let messages = options.int("messages")
         let size = options.int("size")
         let key = "hot-\(getpid())"
-        let lossy = options.has("policy") && options.string("policy") == "lossy"
+        let policy: ConsumerPolicy
+        switch options.has("policy") ? options.string("policy") : "gating" {
+        case "gating": policy = .gating
+        case "lossy": policy = .lossy
+        case let other: PeerRuntime.fail("--policy \(other): gating or lossy")
+        }
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 20))
-        let consumer = try RingConsumer(key: key, configuration: .init(policy: lossy ? .lossy : .gating))
+        let consumer = try RingConsumer(key: key, configuration: .init(policy: policy))
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 16)
         defer { buffer.deallocate() }
-        for index in 0..<size { buffer[index] = UInt8(truncatingIfNeeded: index) }
+        // From 1: a checksum of first bytes that a loop reading nothing cannot produce.
+        for index in 0..<size { buffer[index] = UInt8(truncatingIfNeeded: index &+ 1) }
         // Warm-up: first-touch of code and data, lazy runtime work, all before the filter.
         for _ in 0..<10_000 {
             _ = try producer.publish(UnsafeRawBufferPointer(buffer))
             _ = try consumer.poll { _, _ in .continue }
         }
+        PeerRuntime.report("policy=\(consumer.policy == .lossy ? "lossy" : "gating")")
         if options.int("seccomp", default: 0) == 1 {
             guard CShmTestSupport_seccomp_allow_only_exit_and_stdout() == 0 else {
                 PeerRuntime.fail("seccomp: errno \(errno)")

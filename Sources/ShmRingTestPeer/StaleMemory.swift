@@ -454,9 +454,12 @@ struct StaleWriter {
             }
             random = body.random
             sweep = body.sweep
-            guard result == .aborted else {
+            switch result {
+            case .aborted: break
+            case .backPressured:
                 backPressured += 1
                 return false
+            case .published: PeerRuntime.fail("a claim whose body returned .abort says .published")
             }
             planted += body.planted
             aborted += 1

@@ -22,7 +22,10 @@ extension MultiProcess {
                 ["ring-hot-loop", "--messages", "1000000", "--size", "64", "--seccomp", "1", "--policy", policy],
                 expectCrash: true)
             #expect(peer.wait(timeout: .seconds(300)) == .exited(0), "a system call in the loop is SIGSYS (31)")
+            #expect(peer.results["policy"] == policy)
             #expect(peer.results["delivered"] == "1000000")
+            // Every message's first byte is 1: the sum of a million of them, modulo 256.
+            #expect(peer.results["checksum"] == "\(1_000_000 % 256)")
         }
 
         /// The filter itself is checked: one getppid() per round in the same loop is caught.
