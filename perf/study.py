@@ -20,6 +20,7 @@ Programs (perf/c; harness.h says what each run does), all pinned to CPUs 0 and 1
   twin            ShmRing's protocol in C (twin.c, 1 MiB only); shmring: ShmRing (the test peer)
   *-idleN         the consumer pauses N times after a poll that found nothing (IDLE_PAUSES;
                   shmring-idleN: ring-bench --idle-pauses N)
+  *-aN            records aligned to N bytes (commit's ALIGN, twin's and ring-bench's alignment)
 Results: perf/results/study-DATE.txt (raw lines and the report; not in git)."""
 import argparse
 import datetime
@@ -40,6 +41,7 @@ VARIANTS = {
     "tachyon-style": ("tachyon.c", []),
     "commit": ("commit.c", []),
     "commit-a64": ("commit.c", ["-DALIGN=64"]),
+    "commit-a128": ("commit.c", ["-DALIGN=128"]),
     "commit-mix": ("commit.c", ["-DMIX=1"]),
     "commit-keep1": ("commit.c", ["-DMIX=1", "-DKEEP=1", "-DRESCAN=1"]),
     "commit-keep2": ("commit.c", ["-DMIX=1", "-DKEEP=2", "-DRESCAN=1"]),
@@ -60,7 +62,12 @@ VARIANTS = {
     "commit-pfr8-adaptive": ("commit.c", ["-DPF_READ=8", "-DADAPTIVE=1"]),
     "commit-idle32": ("commit.c", ["-DIDLE_PAUSES=32"]),
     "slots-batched-idle32": ("slots.c", ["-DINDEX_EVERY=0", "-DIDLE_PAUSES=32"]),
+    "commit-marker": ("commit.c", ["-DMARKER=1"]),
+    "commit-marker128": ("commit.c", ["-DMARKER=1", "-DMARKER_SPAN=128"]),
+    "commit-keep3-a128": ("commit.c", ["-DMIX=1", "-DKEEP=3", "-DRESCAN=1", "-DALIGN=128"]),
+    "commit-mix-a128": ("commit.c", ["-DMIX=1", "-DALIGN=128"]),
     "twin": ("twin.c", []),
+    "twin-a128": ("twin.c", []),
     "line": ("pingpong.c", []),
 }
 
@@ -82,18 +89,20 @@ def run(command):
 
 
 def command(name, mode, size, capacity, batch, args):
-    if name.startswith("shmring"):  # shmring, or shmring-idleN: N pauses after an empty poll
-        pauses = name.split("-idle")[1] if "-idle" in name else "1"
+    if name.startswith("shmring"):
+        # shmring, shmring-idleN (N pauses after an empty poll), shmring-aN (record alignment N)
+        knobs = dict(re.findall(r"-(idle|a)(\d+)", name))
+        common = ["--size", str(size), "--cpu-a", "0", "--cpu-b", "1", "--capacity", str(capacity),
+                  "--alignment", knobs.get("a", "16")]
         if mode == "rtt":
-            return [PEER, "ring-bench", "--mode", "rtt", "--count", str(args.rtt_rounds), "--size", str(size),
-                    "--cpu-a", "0", "--cpu-b", "1", "--capacity", str(capacity)]
-        return [PEER, "ring-bench", "--mode", "throughput", "--count", str(args.messages), "--size", str(size),
-                "--batch", str(batch), "--cpu-a", "0", "--cpu-b", "1", "--capacity", str(capacity),
-                "--idle-pauses", pauses]
-    if name == "twin":  # 1 MiB, alignment 16
+            return [PEER, "ring-bench", "--mode", "rtt", "--count", str(args.rtt_rounds)] + common
+        return [PEER, "ring-bench", "--mode", "throughput", "--count", str(args.messages), "--batch", str(batch),
+                "--idle-pauses", knobs.get("idle", "1")] + common
+    if name.startswith("twin"):  # 1 MiB; twin (alignment 16) or twin-aN
+        alignment = name.split("-a")[1] if "-a" in name else "16"
         if mode == "rtt":
-            return [os.path.join(BIN, "twin"), "rtt", str(args.rtt_rounds), str(size), "0", "1", "16"]
-        return [os.path.join(BIN, "twin"), "throughput", str(args.messages), str(size), "0", "1", "16", str(batch)]
+            return [os.path.join(BIN, name), "rtt", str(args.rtt_rounds), str(size), "0", "1", alignment]
+        return [os.path.join(BIN, name), "throughput", str(args.messages), str(size), "0", "1", alignment, str(batch)]
     if mode == "rtt":
         return [os.path.join(BIN, name), "rtt", str(args.rtt_rounds), str(size), "0", "1", str(capacity)]
     return [os.path.join(BIN, name), "throughput", str(args.messages), str(size), "0", "1", str(capacity), str(batch)]

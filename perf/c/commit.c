@@ -27,6 +27,11 @@
 //   SPIN_TAIL=0|1     the consumer waits on the producer's tail word (published after every
 //                     record, as an index ring does) instead of the next record's commit word
 //   ADAPTIVE=0|1      with PF_READ: prefetch only while records keep coming in this poll
+//   MARKER=0|1        a batch starts with a marker record reaching to the next MARKER_SPAN boundary
+//                     (64 or 128; 16 bytes at least, no payload), whose commit word is stored last, at the batch end:
+//                     the consumer waits on a line the producer writes once per batch, as an
+//                     index ring's consumer waits on its index (0: the batch's first record's
+//                     commit word is stored last, and its line is written at the start too)
 //   FIXED_SIZE=N      experiment (payloads of N bytes only): the consumer computes the next record's
 //                     position from N, not from the length it loaded, so its loads do not depend
 //                     on each other (what an index ring's consumer has)
@@ -67,12 +72,19 @@
 #ifndef ADAPTIVE
 #define ADAPTIVE 0
 #endif
+#ifndef MARKER
+#define MARKER 0
+#endif
+#ifndef MARKER_SPAN
+#define MARKER_SPAN 64
+#endif
 #ifndef RING_NAME
 #define RING_NAME "commit"
 #endif
 
 #define SALT 0x5bd1e9955bd1e995ull
 #define PADDING_BIT 0x8000000000000000ull
+#define MARKER_BIT 0x4000000000000000ull
 
 typedef struct {
     uint64_t commit;
@@ -143,6 +155,15 @@ static inline __attribute__((always_inline)) uint64_t padding_word(uint64_t sequ
 #endif
 }
 
+/// A batch marker's commit word: the next record's sequence, a shape of its own.
+static inline __attribute__((always_inline)) uint64_t marker_word(uint64_t sequence) {
+#if MIX
+    return CShmRing_padding_word(sequence, SALT) ^ MARKER_BIT;
+#else
+    return (sequence + 1) | MARKER_BIT;
+#endif
+}
+
 /// The producer's tail and counters (seqlock: odd version, release fence, data, even version).
 static inline __attribute__((always_inline)) void publish_tail(producer_t *p) {
     ring_t *r = p->ring;
@@ -191,6 +212,18 @@ static __attribute__((noinline)) int make_room(producer_t *p, uint64_t end) {
 static inline __attribute__((always_inline)) int publish(producer_t *p, const uint8_t *message, uint32_t length) {
     uint64_t size = (sizeof(record_t) + length + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
     uint64_t position = p->position;
+#if MARKER
+    uint64_t marker = 0;
+    if (p->batch > 1 && !p->first) {
+        // The batch's marker: to the next MARKER_SPAN boundary (at least 16 bytes at ALIGN 16).
+        marker = MARKER_SPAN - (position & (MARKER_SPAN - 1));
+        if ((int64_t)(position + marker + size - p->rescan_at) > 0 && !make_room(p, position + marker + size)) return 0;
+        p->first = (uint64_t *)(p->ring->data + (position & p->mask));
+        p->first_value = marker_word(p->sequence);
+        position += marker;
+        p->position = position;
+    }
+#endif
     uint64_t room = p->capacity - (position & p->mask);
     uint64_t padding = size > room ? room : 0;
     uint64_t end = position + padding + size;
@@ -224,7 +257,7 @@ static inline __attribute__((always_inline)) int publish(producer_t *p, const ui
     __atomic_store_n((uint64_t *)(base + 8), (uint64_t)length, __ATOMIC_RELAXED);  // length, type 0
     uint64_t word = record_word(p->sequence, length);
     if (p->batch > 1) {
-        if (!p->first) {
+        if (!MARKER && !p->first) {
             p->first = (uint64_t *)base;
             p->first_value = word;
         } else {
@@ -285,6 +318,12 @@ static inline __attribute__((always_inline)) uint64_t poll(consumer_t *c, uint64
 #endif
         uint32_t length = offset + 16 <= c->capacity ? __atomic_load_n((uint32_t *)(base + 8), __ATOMIC_RELAXED) : 0;
         if (word != record_word(sequence, length)) {
+#if MARKER
+            if (word == marker_word(sequence)) {
+                position += MARKER_SPAN - (offset & (MARKER_SPAN - 1));
+                continue;
+            }
+#endif
             if (word != padding_word(sequence)) break;
             position += c->capacity - offset;
             continue;

@@ -308,7 +308,9 @@ public struct RingTypeFingerprint: Equatable, Sendable, CustomStringConvertible 
 public struct RingConfiguration: Sendable, Equatable {
     /// The data region's size in bytes: a power of two, 4 KiB ... 1 TiB.
     public var capacity: Int
-    /// Record alignment: a power of two, 8 ... 4096. Default 16 (chosen by benchmark: docs/ring.md).
+    /// Record alignment: a power of two, 8 ... 4096. Default 16 (chosen by benchmark); 64 suits
+    /// per-message feeds of 48-byte messages and up, 128 batched feeds on rings larger than a
+    /// core's L2 cache (docs/ring.md, "Record format and alignment, by measurement").
     public var alignment: Int
     /// The longest payload; default and maximum: capacity / 4 - 16.
     public var maxMessageLength: Int?
