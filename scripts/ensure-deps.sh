@@ -30,4 +30,6 @@ fi
 shmring_need_package liburing-dev /usr/include/liburing.h
 # The hot-path tests: callgrind, and objcopy to strip the DWARF 5 that valgrind 3.19 cannot read.
 shmring_need_package valgrind /usr/bin/valgrind
+# The wake-up protocol's model (Tests/Models/wakeup.pml) is checked with Spin.
+shmring_need_package spin /usr/bin/spin
 shmring_need_package binutils /usr/bin/objcopy
