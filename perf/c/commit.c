@@ -32,6 +32,12 @@
 //                     the consumer waits on a line the producer writes once per batch, as an
 //                     index ring's consumer waits on its index (0: the batch's first record's
 //                     commit word is stored last, and its line is written at the start too)
+//   WAKE=0|1|2|3      wake-up support on the producer's side (docs/wakeup.md): after every publish
+//                     (or batch end) it looks at a doorbell word on a line of its own that
+//                     consumers write when they go to sleep (none does here); 1: after a seq_cst
+//                     fence (symmetric Dekker), 2: after a compiler barrier only (the sleeper
+//                     pays with membarrier), 3: as 2 but looks at SLOTS sleeping flags, one per
+//                     consumer slot page, instead of one doorbell word
 //   FIXED_SIZE=N      experiment (payloads of N bytes only): the consumer computes the next record's
 //                     position from N, not from the length it loaded, so its loads do not depend
 //                     on each other (what an index ring's consumer has)
@@ -78,6 +84,12 @@
 #ifndef MARKER_SPAN
 #define MARKER_SPAN 64
 #endif
+#ifndef WAKE
+#define WAKE 0
+#endif
+#ifndef SLOTS
+#define SLOTS 4
+#endif
 #ifndef RING_NAME
 #define RING_NAME "commit"
 #endif
@@ -99,13 +111,15 @@ typedef struct {
     _Alignas(128) uint64_t boundary[16][4];             // version, position, sequence, -
     _Alignas(128) uint64_t cursor;                      // the consumer's line
     _Alignas(128) uint64_t capacity;
+    _Alignas(128) uint64_t doorbell;               // WAKE 1, 2: written by sleepers
+    _Alignas(4096) uint64_t sleeping[SLOTS][512];  // WAKE 3: a flag in each slot's page
     _Alignas(4096) uint8_t data[];
 } ring_t;
 
 typedef struct {
     ring_t *ring;
     uint64_t position, sequence, mask, capacity, limit, rescan_at, intent, tail_version, last_section;
-    uint64_t published, published_bytes, batch, since_tail;
+    uint64_t published, published_bytes, batch, since_tail, wakes;
     uint64_t *first;  // a batch's first commit word, stored last
     uint64_t first_value;
 } producer_t;
@@ -190,11 +204,29 @@ static inline __attribute__((always_inline)) void record_boundary(producer_t *p,
     __atomic_store_n(&entry[0], version + 1, __ATOMIC_RELEASE);
 }
 
+/// Wake-up support: does any consumer sleep? (None does in these runs: this is the cost of asking.)
+static inline __attribute__((always_inline)) void check_sleepers(producer_t *p) {
+#if WAKE == 1
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&p->ring->doorbell, __ATOMIC_RELAXED)) p->wakes++;
+#elif WAKE == 2
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&p->ring->doorbell, __ATOMIC_RELAXED)) p->wakes++;
+#elif WAKE == 3
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    for (int slot = 0; slot < SLOTS; slot++)
+        if (__atomic_load_n(&p->ring->sleeping[slot][0], __ATOMIC_RELAXED)) p->wakes++;
+#else
+    (void)p;
+#endif
+}
+
 static inline __attribute__((always_inline)) void batch_end(producer_t *p) {
     if (p->first) {
         // Release: every record of the batch is visible no later than its first commit word.
         __atomic_store_n(p->first, p->first_value, __ATOMIC_RELEASE);
         p->first = NULL;
+        check_sleepers(p);
     }
 #if KEEP == 2 || KEEP == 3
     if (p->batch > 1) publish_tail(p);
@@ -266,6 +298,7 @@ static inline __attribute__((always_inline)) int publish(producer_t *p, const ui
     } else {
         // Release: the header and payload are visible no later than the commit word.
         __atomic_store_n((uint64_t *)base, word, __ATOMIC_RELEASE);
+        check_sleepers(p);
     }
 #if KEEP
     record_boundary(p, position);
