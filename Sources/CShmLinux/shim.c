@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
@@ -307,4 +308,12 @@ int CShmLinux_lock_mark_repaired(CShmLinux_lock_page *page) {
     if (!CShmLinux_lock_is_held_by_caller(page)) return -EPERM;
     page->needs_repair = 0;
     return 0;
+}
+
+int CShmLinux_membarrier_register_global_expedited(void) {
+    return (int)syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0);
+}
+
+int CShmLinux_membarrier_global_expedited(void) {
+    return (int)syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0);
 }

@@ -30,6 +30,9 @@ enum PeerCommands {
         "ring-hot-loop": HotPath.run,
         "ring-bench": RingBench.run,
         "ring-bench-child": RingBench.child,
+        "ring-wait-consume": WakeCommands.consume,
+        "ring-wait-pingpong": WakeCommands.pingPong,
+        "ring-doorbell-scribble": WakeCommands.scribbleDoorbell,
     ]
 
     /// `--lock-fd N --data-fd M --count K`: K increments of the UInt64 at offset 0 of the data

@@ -19,9 +19,10 @@ enum RingCommands {
     static let idle = IdleStrategy.spinThenYield
 
     /// `--key K --count N (0: until killed) [--capacity C] [--max-size M] [--large-every E]
-    /// [--wait-consumers W] [--initial-position P] [--seed S] [--batch B]`: creates the ring, waits
-    /// for W consumers, publishes N generated messages (sizes mostly 24 ... M, every E-th one up to
-    /// the ring's maximum), then waits for the consumers to detach.
+    /// [--wait-consumers W] [--initial-position P] [--seed S] [--batch B] [--pause-every E2
+    /// --pause-us U]`: creates the ring, waits for W consumers, publishes N generated messages
+    /// (sizes mostly 24 ... M, every E-th one up to the ring's maximum; a pause of U µs after
+    /// every E2, so that consumers that block go to sleep), then waits for the consumers to detach.
     static func produce(_ options: PeerOptions) throws {
         var configuration = RingConfiguration(capacity: options.int("capacity", default: 1 << 20))
         if options.has("initial-position") {
@@ -52,7 +53,14 @@ enum RingCommands {
         var backPressured = 0
         var evictionsSeen: UInt64 = 0
         let started = now()
+        let pauseEvery = UInt64(max(0, options.int("pause-every", default: 0)))
+        let pauseMicroseconds = UInt32(max(0, options.int("pause-us", default: 0)))
+        var nextPause = pauseEvery
         while count == 0 || sequence < UInt64(count) {
+            if pauseEvery > 0 && sequence >= nextPause {
+                usleep(pauseMicroseconds)
+                nextPause = sequence + pauseEvery
+            }
             var length =
                 GeneratedMessage.minimumLength + Int(next() % UInt64(maxSize - GeneratedMessage.minimumLength + 1))
             if largeEvery > 0 && sequence % UInt64(largeEvery) == UInt64(largeEvery - 1) {
@@ -103,6 +111,7 @@ enum RingCommands {
         let elapsed = now() - started
         if let log { fflush(log) }  // complete before "published": the test reads it then
         PeerRuntime.report("published=\(sequence)")
+        PeerRuntime.report("wakes=\(producer.wakes)")
         PeerRuntime.report("back_pressured=\(backPressured)")
         PeerRuntime.report("elapsed_ns=\(elapsed)")
         PeerRuntime.ready("published")

@@ -27,9 +27,10 @@ import Testing
         "Producer line": [
             "tail_intent": RingLayout.Producer.tailIntent, "tail_version": RingLayout.Producer.tailVersion,
             "tail": RingLayout.Producer.tail, "tail_sequence": RingLayout.Producer.tailSequence,
-            "limit": RingLayout.Producer.limit, "epoch": RingLayout.Producer.epoch,
-            "wake_word": RingLayout.Producer.wakeWord,
+            "limit": RingLayout.Producer.limit,
         ],
+        "Wake-up group": ["data_epoch": RingLayout.Wake.dataEpoch, "wakes": RingLayout.Wake.wakes],
+        "Doorbell": ["magic": RingLayout.Doorbell.magicOffset, "data_waiting": RingLayout.Doorbell.dataWaiting],
         "Counters": [
             "published_messages": RingLayout.Counters.publishedMessages,
             "published_bytes": RingLayout.Counters.publishedBytes,
@@ -50,6 +51,8 @@ import Testing
             "lapped_bytes": RingLayout.Slot.lappedBytes, "joined": RingLayout.Slot.joined,
             "lag_limit_bytes": RingLayout.Slot.lagLimitBytes,
             "lag_limit_nanoseconds": RingLayout.Slot.lagLimitNanoseconds, "sleeping": RingLayout.Slot.sleeping,
+            "sleeps": RingLayout.Slot.sleeps, "woken": RingLayout.Slot.woken,
+            "announced": RingLayout.Slot.announced,
             "generation": RingLayout.Slot.generation, "notice": RingLayout.Slot.notice,
         ],
     ]
@@ -94,6 +97,8 @@ import Testing
     @Test func theLayoutKeepsItsPromises() {
         #expect(RingLayout.Producer.tailIntent % RingLayout.group == 0, "the producer line starts a group")
         #expect(RingLayout.Counters.publishedMessages % RingLayout.group == 0, "the counters start a group")
+        #expect(RingLayout.Wake.dataEpoch % RingLayout.group == 0, "the wake-up group starts a group")
+        #expect(RingLayout.Wake.dataEpoch % 4 == 0 && RingLayout.Doorbell.dataWaiting % 4 == 0, "32-bit words")
         #expect(RingLayout.Slot.sleeping % RingLayout.group == 0 && RingLayout.Slot.generation % RingLayout.group == 0)
         #expect(RingLayout.Record.length == 8 && RingLayout.Record.type == 12, "length and type form one word")
         #expect(

@@ -1,4 +1,4 @@
-// CShmRingLayout: the ring's shared-memory layout, version 4, as C structs.
+// CShmRingLayout: the ring's shared-memory layout, version 5, as C structs.
 //
 // The one source of the layout: the structs, their _Static_asserts, the commit-word functions, and
 // the enum of offsets that Swift's `RingLayout` (Sources/ShmRing/Ring/RingLayout.swift) takes
@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #define CSHMRING_MAGIC 0x31474e49524d4853ULL  // "SHMRING1" little-endian
-#define CSHMRING_LAYOUT_VERSION 4u
+#define CSHMRING_LAYOUT_VERSION 5u
 #define CSHMRING_ENDIANNESS_MARK 0x01020304u
 #define CSHMRING_LINE 64u
 /// Two cache lines: a group of fields is padded to 128 bytes (adjacent-line prefetch).
@@ -30,6 +30,9 @@
 /// A slot's notice bits: demoted to lossy, evicted.
 #define CSHMRING_NOTICE_DEMOTED 1ULL
 #define CSHMRING_NOTICE_EVICTED 2ULL
+#define CSHMRING_DOORBELL_MAGIC 0x4c4c4542524f4f44ULL  // "DOORBELL" little-endian
+/// The size of the doorbell's memfd (one page).
+#define CSHMRING_DOORBELL_PAGE 4096u
 
 /// Commit words (docs/layout.md, "Records"). A reader judges a record by one 8-byte word, so the
 /// word must not be forgeable by what the ring holds from earlier laps:
@@ -131,9 +134,7 @@ typedef struct {
     /// The producer will not write at or beyond this position until it has looked at the
     /// consumers again (gating minimum + capacity). Joiners validate against it.
     uint64_t limit;
-    uint32_t epoch;
-    uint32_t wake_word;
-    uint8_t reserved[CSHMRING_GROUP - 48];
+    uint8_t reserved[CSHMRING_GROUP - 40];
 } CShmRing_producer;
 
 /// Written by the producer only, once per commit (statistics).
@@ -157,14 +158,42 @@ typedef struct {
     uint64_t reserved;
 } CShmRing_boundary;
 
-/// The header memfd: configuration, producer, counters, boundary index; the data region starts at
-/// CSHMRING_DATA_OFFSET. Sealed F_SEAL_FUTURE_WRITE: only the producer's mapping writes it.
+/// The wake-up group (docs/wakeup.md): written by the producer only, and only when it wakes
+/// sleeping consumers, never on a publish that finds nobody asleep.
+typedef struct {
+    /// The consumers' futex word: a sleeping consumer waits for it to change; the producer adds 1
+    /// before every wake.
+    uint32_t data_epoch;
+    uint32_t reserved0;
+    /// How many wakes the producer issued (one FUTEX_WAKE each, however many slept).
+    uint64_t wakes;
+    uint8_t reserved[CSHMRING_GROUP - 16];
+} CShmRing_wake;
+
+/// The header memfd: configuration, producer, counters, boundary index, wake-up group; the data
+/// region starts at CSHMRING_DATA_OFFSET. Sealed F_SEAL_FUTURE_WRITE: only the producer's mapping
+/// writes it.
 typedef struct {
     CShmRing_config config;
     CShmRing_producer producer;
     CShmRing_counters counters;
     CShmRing_boundary boundaries[CSHMRING_BOUNDARY_ENTRIES];
+    CShmRing_wake wake;
 } CShmRing_header;
+
+/// The doorbell: one page in a memfd of its own that every consumer maps writable (the header is
+/// the producer's alone, and a consumer's slot page is read only when the producer scans, never
+/// on a publish). The producer reads `data_waiting` after every publish and every batch; nothing
+/// in the page is trusted: a wrong value costs a spurious wake or a sleep that lasts until its
+/// timeout (docs/wakeup.md, "What a hostile consumer can do").
+typedef struct {
+    uint64_t magic;
+    /// `data_epoch + 1` for the epoch sleeping consumers wait on, 0 when none has waited yet;
+    /// raised by compare-and-swap, never lowered by a consumer.
+    uint32_t data_waiting;
+    uint32_t reserved0;
+    uint8_t reserved[CSHMRING_GROUP - 16];
+} CShmRing_doorbell;
 
 /// A record's header in the data region; the payload follows, the record is padded to the
 /// ring's alignment. `commit` is written last (release): see CShmRing_record_word. `length` and
@@ -197,14 +226,23 @@ typedef struct {
     /// ... or once it has held the producer back this long.
     uint64_t lag_limit_nanoseconds;
     uint8_t reserved0[CSHMRING_GROUP - 80];
-    // Sleeping line (reserved for the wake-up path).
+    // Sleeping line: written by the consumer (statistics; the producer never reads it).
+    /// 1 while the consumer is inside a wait (announced, or asleep).
     uint32_t sleeping;
-    uint8_t reserved1[CSHMRING_GROUP - 4];
+    uint32_t reserved1;
+    /// Waits that went to sleep (the kernel queued the consumer).
+    uint64_t sleeps;
+    /// Waits that ended because the producer woke the consumer.
+    uint64_t woken;
+    /// Waits that announced themselves in the doorbell (each may cost the producer one wake,
+    /// whether it then slept or found a message on its last look).
+    uint64_t announced;
+    uint8_t reserved2[CSHMRING_GROUP - 32];
     // Owner line: written by the producer. `generation` is a copy for the consumer and observers
     // (the producer's own copy is private); `notice` is `generation << 2 | CSHMRING_NOTICE_*`.
     uint64_t generation;
     uint64_t notice;
-    uint8_t reserved2[CSHMRING_GROUP - 16];
+    uint8_t reserved3[CSHMRING_GROUP - 16];
 } CShmRing_slot;
 
 /// Every offset the library uses, from the structs above: Swift takes them from here
@@ -237,8 +275,6 @@ enum {
     CSHMRING_OFFSET_TAIL = offsetof(CShmRing_header, producer.tail),
     CSHMRING_OFFSET_TAIL_SEQUENCE = offsetof(CShmRing_header, producer.tail_sequence),
     CSHMRING_OFFSET_LIMIT = offsetof(CShmRing_header, producer.limit),
-    CSHMRING_OFFSET_EPOCH = offsetof(CShmRing_header, producer.epoch),
-    CSHMRING_OFFSET_WAKE_WORD = offsetof(CShmRing_header, producer.wake_word),
     CSHMRING_OFFSET_PUBLISHED_MESSAGES = offsetof(CShmRing_header, counters.published_messages),
     CSHMRING_OFFSET_PUBLISHED_BYTES = offsetof(CShmRing_header, counters.published_bytes),
     CSHMRING_OFFSET_BACK_PRESSURE_EVENTS = offsetof(CShmRing_header, counters.back_pressure_events),
@@ -249,6 +285,11 @@ enum {
     CSHMRING_BOUNDARY_VERSION = offsetof(CShmRing_boundary, version),
     CSHMRING_BOUNDARY_POSITION = offsetof(CShmRing_boundary, position),
     CSHMRING_BOUNDARY_SEQUENCE = offsetof(CShmRing_boundary, sequence),
+    CSHMRING_OFFSET_DATA_EPOCH = offsetof(CShmRing_header, wake.data_epoch),
+    CSHMRING_OFFSET_WAKES = offsetof(CShmRing_header, wake.wakes),
+    // The doorbell page.
+    CSHMRING_DOORBELL_MAGIC_OFFSET = offsetof(CShmRing_doorbell, magic),
+    CSHMRING_DOORBELL_DATA_WAITING = offsetof(CShmRing_doorbell, data_waiting),
     // A record, from its start.
     CSHMRING_RECORD_COMMIT = offsetof(CShmRing_record, commit),
     CSHMRING_RECORD_LENGTH = offsetof(CShmRing_record, length),
@@ -266,6 +307,9 @@ enum {
     CSHMRING_SLOT_LAG_LIMIT_BYTES = offsetof(CShmRing_slot, lag_limit_bytes),
     CSHMRING_SLOT_LAG_LIMIT_NANOSECONDS = offsetof(CShmRing_slot, lag_limit_nanoseconds),
     CSHMRING_SLOT_SLEEPING = offsetof(CShmRing_slot, sleeping),
+    CSHMRING_SLOT_SLEEPS = offsetof(CShmRing_slot, sleeps),
+    CSHMRING_SLOT_WOKEN = offsetof(CShmRing_slot, woken),
+    CSHMRING_SLOT_ANNOUNCED = offsetof(CShmRing_slot, announced),
     CSHMRING_SLOT_GENERATION = offsetof(CShmRing_slot, generation),
     CSHMRING_SLOT_NOTICE = offsetof(CShmRing_slot, notice),
 };
@@ -279,7 +323,10 @@ _Static_assert(sizeof(CShmRing_counters) == CSHMRING_GROUP, "counters are one gr
 _Static_assert(offsetof(CShmRing_header, producer) == 128, "producer line");
 _Static_assert(offsetof(CShmRing_header, counters) == 256, "counters");
 _Static_assert(offsetof(CShmRing_header, boundaries) == 384, "boundary index");
+_Static_assert(offsetof(CShmRing_header, wake) == 896, "wake-up group");
+_Static_assert(sizeof(CShmRing_wake) == CSHMRING_GROUP, "the wake-up group is one group");
 _Static_assert(sizeof(CShmRing_header) <= CSHMRING_DATA_OFFSET, "the header fits before the data");
+_Static_assert(sizeof(CShmRing_doorbell) <= CSHMRING_DOORBELL_PAGE, "the doorbell fits its page");
 _Static_assert(sizeof(CShmRing_record) == CSHMRING_RECORD_HEADER, "record header");
 _Static_assert(offsetof(CShmRing_slot, sleeping) == 128, "sleeping line");
 _Static_assert(offsetof(CShmRing_slot, generation) == 256, "owner line");

@@ -116,6 +116,16 @@ int CShmLinux_futex_wait(uint32_t *word, uint32_t expected, const struct timespe
 /// `FUTEX_WAKE`: wakes up to `count` waiters; returns how many were woken, or -1.
 int CShmLinux_futex_wake(uint32_t *word, int count, bool private_to_process);
 
+// MARK: - membarrier (the wake-up path's asymmetric fence)
+
+/// `membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED)`: this process's threads take part in
+/// expedited global barriers (a side that never fences on its fast path registers once). Returns
+/// 0, or -1 with `errno` (ENOSYS, EINVAL, EPERM under seccomp).
+int CShmLinux_membarrier_register_global_expedited(void);
+/// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`: returns once every running thread of every
+/// registered process has passed a full memory barrier (and the caller has). 0, or -1 with `errno`.
+int CShmLinux_membarrier_global_expedited(void);
+
 // MARK: - The robust process-shared mutex
 
 #define CSHMLINUX_LOCK_PAGE_MAGIC 0x4b434f4c474e5253ULL  // "SRNGLOCK"

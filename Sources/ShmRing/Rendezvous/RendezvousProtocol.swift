@@ -63,6 +63,8 @@ package enum RendezvousProtocol {
         case lock = 2
         /// A ring consumer's slot page, mapped read-write by that consumer.
         case consumerSlot = 3
+        /// A ring's doorbell page, mapped read-write by every consumer (the wake-up path).
+        case doorbell = 4
     }
 
     /// Request flags.

@@ -56,8 +56,24 @@ enum RingLayout {
         @inlinable static var tail: Int { Int(CSHMRING_OFFSET_TAIL) }
         @inlinable static var tailSequence: Int { Int(CSHMRING_OFFSET_TAIL_SEQUENCE) }
         @inlinable static var limit: Int { Int(CSHMRING_OFFSET_LIMIT) }
-        @inlinable static var epoch: Int { Int(CSHMRING_OFFSET_EPOCH) }
-        @inlinable static var wakeWord: Int { Int(CSHMRING_OFFSET_WAKE_WORD) }
+    }
+
+    /// The wake-up group: written by the producer only, when it wakes sleepers.
+    @usableFromInline
+    enum Wake {
+        /// The consumers' futex word (32 bits).
+        @inlinable static var dataEpoch: Int { Int(CSHMRING_OFFSET_DATA_EPOCH) }
+        @inlinable static var wakes: Int { Int(CSHMRING_OFFSET_WAKES) }
+    }
+
+    /// The doorbell page (a memfd of its own, writable by every consumer).
+    @usableFromInline
+    enum Doorbell {
+        @inlinable static var magic: UInt64 { CSHMRING_DOORBELL_MAGIC }
+        @inlinable static var size: Int { Int(CSHMRING_DOORBELL_PAGE) }
+        @inlinable static var magicOffset: Int { Int(CSHMRING_DOORBELL_MAGIC_OFFSET) }
+        /// `data_epoch + 1` of the epoch sleepers wait on (32 bits).
+        @inlinable static var dataWaiting: Int { Int(CSHMRING_DOORBELL_DATA_WAITING) }
     }
 
     /// The counters group: written by the producer only.
@@ -108,6 +124,9 @@ enum RingLayout {
         @inlinable static var lagLimitBytes: Int { Int(CSHMRING_SLOT_LAG_LIMIT_BYTES) }
         @inlinable static var lagLimitNanoseconds: Int { Int(CSHMRING_SLOT_LAG_LIMIT_NANOSECONDS) }
         @inlinable static var sleeping: Int { Int(CSHMRING_SLOT_SLEEPING) }
+        @inlinable static var sleeps: Int { Int(CSHMRING_SLOT_SLEEPS) }
+        @inlinable static var woken: Int { Int(CSHMRING_SLOT_WOKEN) }
+        @inlinable static var announced: Int { Int(CSHMRING_SLOT_ANNOUNCED) }
         @inlinable static var generation: Int { Int(CSHMRING_SLOT_GENERATION) }
         @inlinable static var notice: Int { Int(CSHMRING_SLOT_NOTICE) }
     }

@@ -38,7 +38,11 @@ public final class RingConsumer {
     public var lagLimit: LagLimit? { configuration.lagLimit }
     private let headerSegment: Segment
     private let slotSegment: Segment
-    private let connection: FileDescriptor
+    private let doorbellSegment: Segment
+    /// The rendezvous connection: it hangs up when the producer goes.
+    let connection: FileDescriptor
+    /// Sleeping and being woken (docs/wakeup.md); made at the first wait.
+    var sleeper: Sleeper?
 
     /// The ring's capacity in bytes.
     public var capacity: Int { view.capacity }
@@ -94,7 +98,8 @@ public final class RingConsumer {
                 .incompatibleLayout, key: key,
                 "\(key) has ring layout version \(reply.layoutVersion); this build reads \(RingLayout.version)")
         }
-        guard reply.roles.count == 2, reply.roles.contains(.data), reply.roles.contains(.consumerSlot),
+        guard reply.roles.count == 3, reply.roles.contains(.data), reply.roles.contains(.consumerSlot),
+            reply.roles.contains(.doorbell),
             reply.size >= 4096, reply.size <= 1 << 40, reply.size & (reply.size - 1) == 0
         else {
             throw RingError(.unknown, key: key, "the producer's reply has roles \(reply.roles) and size \(reply.size)")
@@ -108,14 +113,24 @@ public final class RingConsumer {
         // Each attach takes its descriptor (and closes it if it fails).
         let header: Segment
         let slotSegment: Segment
+        let doorbell: Segment
         do {
             header = try Segment.attach(
                 descriptor: connection.take(.data)!, size: RingLayout.headerMemfdSize(capacity: capacity),
                 access: .readOnly, requiredSeals: [.grow, .shrink, .seal, .futureWrite])
             slotSegment = try Segment.attach(
                 descriptor: connection.take(.consumerSlot)!, size: RingLayout.slotSize, access: .readWrite)
+            doorbell = try Segment.attach(
+                descriptor: connection.take(.doorbell)!, size: RingLayout.Doorbell.size, access: .readWrite,
+                requiredSeals: [.grow, .shrink, .seal])
         } catch {
             throw RingError(error, key: key)
+        }
+        guard
+            (doorbell.baseAddress! + RingLayout.Doorbell.magicOffset).load(as: UInt64.self)
+                == RingLayout.Doorbell.magic
+        else {
+            throw RingError(.corrupted, key: key, "the doorbell page of \(key) does not start with its magic number")
         }
         let config = try RingHeaderCheck(header: header.baseAddress!, capacity: capacity, key: key)
         let view = RingView(
@@ -129,6 +144,7 @@ public final class RingConsumer {
         self.fingerprint = config.fingerprint
         self.headerSegment = header
         self.slotSegment = slotSegment
+        self.doorbellSegment = doorbell
         self.connection = connection.takeSocket()
         // The slot's generation, as the producer's server stored it before replying (checked
         // against the reply below).
@@ -159,8 +175,10 @@ public final class RingConsumer {
 
     deinit {
         detach()
+        sleeper = nil
         slotSegment.close()
         headerSegment.close()
+        doorbellSegment.close()
         if let buffer = state.pointee.buffer { munmap(buffer, state.pointee.bufferSize) }
         state.pointee.gathered?.deallocate()
         state.deallocate()
@@ -198,6 +216,11 @@ public final class RingConsumer {
         // Release: everything this consumer read happens before the producer may reuse the space.
         CShmAtomics_u64_store_release(slot.word(RingLayout.Slot.active), 0)
         connection.closeIgnoringErrors()
+    }
+
+    /// The doorbell's `data_waiting` word (the wake-up path).
+    var doorbellWord: UnsafeMutablePointer<UInt32> {
+        (doorbellSegment.baseAddress! + RingLayout.Doorbell.dataWaiting).assumingMemoryBound(to: UInt32.self)
     }
 
     // MARK: - Polling

@@ -53,12 +53,33 @@ struct ProducerState {
     @usableFromInline var blockedSincePublished: UInt64 = 0
     @usableFromInline var demotions: UInt64 = 0
     @usableFromInline var evictions: UInt64 = 0
+    /// The wake-up path (docs/wakeup.md). `doorbell` is the doorbell page's `data_waiting`
+    /// (written by consumers, trusted for nothing), `dataEpochWord` the header's `data_epoch`,
+    /// `dataEpoch` this process's copy of it; `symmetricFence`: membarrier could not be registered,
+    /// so the producer issues a full fence before every look at the doorbell.
+    @usableFromInline var wake: WakeSide
     /// The last eviction: slot, the producer's position, the cursor, the visible end, the
     /// producer's sequence and its tail intent (for diagnostics: `lastEviction`).
     @usableFromInline var lastEviction:
         (slot: Int, position: UInt64, cursor: UInt64, tail: UInt64, sequence: UInt64, intent: UInt64) = (
             0, 0, 0, 0, 0, 0
         )
+}
+
+/// The producer's side of the wake-up path.
+@usableFromInline
+struct WakeSide {
+    @usableFromInline let doorbell: UnsafeMutablePointer<UInt32>
+    @usableFromInline let dataEpochWord: UnsafeMutablePointer<UInt32>
+    @usableFromInline let symmetricFence: Bool
+    @usableFromInline var dataEpoch: UInt32 = 0
+    @usableFromInline var wakes: UInt64 = 0
+
+    init(doorbell: UnsafeMutablePointer<UInt32>, dataEpochWord: UnsafeMutablePointer<UInt32>, symmetricFence: Bool) {
+        self.doorbell = doorbell
+        self.dataEpochWord = dataEpochWord
+        self.symmetricFence = symmetricFence
+    }
 }
 
 /// One look at a consumer slot from the producer's side.

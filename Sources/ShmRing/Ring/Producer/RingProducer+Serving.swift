@@ -7,9 +7,11 @@ import Glibc
 /// The producer's rendezvous server: what it answers an attaching consumer and an observer.
 extension RingProducer {
     static func handler(
-        key: String, slots: SlotBoard, header: Segment, capacity: Int, id: SegmentID, refusesGating: Bool
+        key: String, slots: SlotBoard, header: Segment, doorbell: Segment, capacity: Int, id: SegmentID,
+        refusesGating: Bool
     ) -> RendezvousServer.Handler {
         let headerDescriptor = header.descriptor.rawValue
+        let doorbellDescriptor = doorbell.descriptor.rawValue
         let mappedSize = UInt64(header.mappedSize)
         let pid = getpid()
         let uid = geteuid()
@@ -52,9 +54,16 @@ extension RingProducer {
                 return response
             }
             let readOnlyHeader: FileDescriptor
+            let sharedDoorbell: FileDescriptor
             do throws(SystemCallError) {
                 readOnlyHeader = try FileDescriptor(rawValue: headerDescriptor).reopen(.readOnly)
             } catch {
+                return fail(error)
+            }
+            do throws(SystemCallError) {
+                sharedDoorbell = try FileDescriptor(rawValue: doorbellDescriptor).reopen(.readWrite)
+            } catch {
+                readOnlyHeader.closeIgnoringErrors()
                 return fail(error)
             }
             let handed: (slot: Int, generation: UInt64, page: FileDescriptor)?
@@ -62,20 +71,22 @@ extension RingProducer {
                 handed = try slots.handOut(policy: policy)
             } catch {
                 readOnlyHeader.closeIgnoringErrors()
+                sharedDoorbell.closeIgnoringErrors()
                 response.reply.status = .serverError
                 response.reply.errno = error.errno?.rawValue ?? 0
                 return response
             }
             guard let handed else {
                 readOnlyHeader.closeIgnoringErrors()
+                sharedDoorbell.closeIgnoringErrors()
                 response.reply.status = .noFreeSlot
                 return response
             }
             response.reply.slot = UInt32(handed.slot)
             response.reply.generation = handed.generation
             response.descriptors = [handed.page]
-            response.temporaryDescriptors = [readOnlyHeader]
-            response.reply.roles = [.consumerSlot, .data]
+            response.temporaryDescriptors = [readOnlyHeader, sharedDoorbell]
+            response.reply.roles = [.consumerSlot, .data, .doorbell]
             response.keepOpen = true
             // The consumer detached or died: the producer stops looking at its slot at once, and
             // the slot is free for the next joiner (who gets a fresh page).

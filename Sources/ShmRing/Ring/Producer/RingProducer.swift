@@ -1,4 +1,5 @@
 import CShmAtomics
+import CShmLinux
 import SystemPackage
 
 #if canImport(Glibc)
@@ -24,6 +25,7 @@ public final class RingProducer {
     /// The key.
     public let key: String
     private let headerSegment: Segment
+    private let doorbellSegment: Segment
     private let slots: SlotBoard
     private let server: RendezvousServer
     /// The segment's random identity.
@@ -31,6 +33,11 @@ public final class RingProducer {
 
     /// The ring's capacity in bytes.
     public var capacity: Int { view.capacity }
+    /// Wakes issued to sleeping consumers: one `FUTEX_WAKE` each, however many slept
+    /// (docs/wakeup.md).
+    public var wakes: UInt64 { state.pointee.wake.wakes }
+    /// Whether publishing fences before it looks for sleepers (membarrier is refused here).
+    public var fencesEveryPublish: Bool { state.pointee.wake.symmetricFence }
     /// Where the next record starts (unless it needs padding at the end of the lap); after a
     /// publish outside a batch, the end of the record just published.
     public var position: UInt64 { state.pointee.position }
@@ -88,6 +95,17 @@ public final class RingProducer {
         } catch {
             throw RingError(error, key: key)
         }
+        // The doorbell: the one page every consumer may write (docs/wakeup.md).
+        let doorbell: Segment
+        do {
+            doorbell = try Segment.create(
+                name: "shmring-doorbell:\(key)", size: RingLayout.Doorbell.size, seals: [.grow, .shrink, .seal],
+                access: .readWrite)
+        } catch {
+            throw RingError(error, key: key)
+        }
+        (doorbell.baseAddress! + RingLayout.Doorbell.magicOffset).storeBytes(
+            of: RingLayout.Doorbell.magic, as: UInt64.self)
         let slots = try SlotBoard(key: key, count: config.maxConsumers)
         let salt = UInt64.random(in: 1...UInt64.max)
         let id = SegmentID.random()
@@ -97,6 +115,7 @@ public final class RingProducer {
         self.view = view
         self.key = key
         self.headerSegment = header
+        self.doorbellSegment = doorbell
         self.slots = slots
         self.server = server
         self.segmentID = id
@@ -113,7 +132,12 @@ public final class RingProducer {
                 busy: false, closed: false, intent: start, visibleEnd: start,
                 tailPublishedPosition: start, batchFirstWord: nil, batchFirstValue: 0, inBatch: false,
                 lastSection: UInt64.max, tailVersion: 0,
-                published: 0, publishedBytes: 0, backPressureEvents: 0, verifiedType: nil))
+                published: 0, publishedBytes: 0, backPressureEvents: 0, verifiedType: nil,
+                wake: WakeSide(
+                    doorbell: (doorbell.baseAddress! + RingLayout.Doorbell.dataWaiting).assumingMemoryBound(
+                        to: UInt32.self),
+                    dataEpochWord: view.word32(RingLayout.Wake.dataEpoch),
+                    symmetricFence: !Self.registerForMembarrier)))
         self.state = state
         self.writer = RingWriter(state: state)
         writeHeader(config, id: id)
@@ -121,12 +145,18 @@ public final class RingProducer {
             try server.start(
                 admits: { [access = config.access] in access.admits($0) },
                 handler: Self.handler(
-                    key: key, slots: slots, header: header, capacity: config.capacity, id: id,
+                    key: key, slots: slots, header: header, doorbell: doorbell, capacity: config.capacity, id: id,
                     refusesGating: config.refusesGating))
         } catch {
             throw RingError(error, key: key)
         }
     }
+
+    /// Registers this process for expedited membarriers (once): then a consumer about to sleep
+    /// can make this process's threads pass a full barrier, and publishing needs none of its own.
+    /// False where the kernel or a seccomp filter refuses (the producer then fences on every
+    /// publish instead: docs/wakeup.md).
+    static let registerForMembarrier: Bool = CShmLinux_membarrier_register_global_expedited() == 0
 
     deinit {
         close()

@@ -1,4 +1,5 @@
 import CShmAtomics
+import CShmLinux
 
 /// The producer's hot path: reserves a record's space, writes its header and commit word, ends a
 /// batch, publishes the tail and the boundary index. No allocation, no system call, no lock;
@@ -99,6 +100,7 @@ struct RingWriter {
             // commit word. Partner: the consumer's acquire load of the commit word in
             // RingView.record(at:sequence:).
             CShmAtomics_u64_store_release(word, value)
+            wakeSleepersIfAny()
         }
         let size = UInt64(view.recordSize(length))
         let section = position &>> state.pointee.sectionShift
@@ -173,6 +175,7 @@ struct RingWriter {
             // RingView.record(at:sequence:).
             CShmAtomics_u64_store_release(first, state.pointee.batchFirstValue)
             state.pointee.batchFirstWord = nil
+            wakeSleepersIfAny()
             // The batch's first record as a boundary entry, now that it is visible. It starts at
             // the old visible end, or at the next lap's start if a padding record came first.
             var start = state.pointee.visibleEnd
@@ -187,6 +190,45 @@ struct RingWriter {
         }
         state.pointee.visibleEnd = state.pointee.position
         publishTail()
+    }
+
+    /// After a commit that consumers can see: wakes the consumers asleep on the current data
+    /// epoch, if the doorbell says some are (docs/wakeup.md, "The protocol"). One load and a
+    /// compare while nobody sleeps; no system call.
+    @inlinable @inline(__always)
+    func wakeSleepersIfAny() {
+        // The Dekker pair with a sleeping consumer: commit word (store), then doorbell (load).
+        // The consumer about to sleep announces itself, then calls membarrier, which makes this
+        // thread pass a full barrier: so only the compiler must keep the load after the store.
+        // Partner: RingConsumer.wait (announce, membarrier, re-check). Without membarrier
+        // (`symmetricFence`), a full fence here instead.
+        if state.pointee.wake.symmetricFence {
+            CShmAtomics_fence_seq_cst()
+        } else {
+            CShmAtomics_compiler_barrier()
+        }
+        // Relaxed: the doorbell is a hint that says whom to wake; what the wake publishes is the
+        // commit word, already stored with release.
+        if CShmAtomics_u32_load_relaxed(state.pointee.wake.doorbell) == state.pointee.wake.dataEpoch &+ 1 {
+            wakeSleepers()
+        }
+    }
+
+    /// Moves the data epoch on and wakes everyone asleep on it: one `FUTEX_WAKE` however many
+    /// sleep. Consumers that announced this epoch and are not asleep yet find the word changed
+    /// when they call `FUTEX_WAIT` (it returns at once).
+    @usableFromInline @inline(never)
+    func wakeSleepers() {
+        let epoch = state.pointee.wake.dataEpoch &+ 1
+        state.pointee.wake.dataEpoch = epoch
+        // Release: nothing to publish with it (the records are), but a consumer that reads the
+        // new epoch (acquire, before it announces) must also see the commit that caused it.
+        // Partner: the acquire load of `data_epoch` in RingConsumer.wait.
+        CShmAtomics_u32_store_release(state.pointee.wake.dataEpochWord, epoch)
+        _ = CShmLinux_futex_wake(state.pointee.wake.dataEpochWord, Int32.max, false)
+        state.pointee.wake.wakes &+= 1
+        // Relaxed: statistics.
+        CShmAtomics_u64_store_relaxed(view.word(RingLayout.Wake.wakes), state.pointee.wake.wakes)
     }
 
     /// Records where the first record of a new sixteenth of the ring starts (for `.oldest` joins

@@ -1,0 +1,121 @@
+import CShmLinux
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a consumer sleeps (docs/wakeup.md, "Sleeping"): in one io_uring wait that covers the
+/// data epoch (`IORING_OP_FUTEX_WAIT`), the producer's rendezvous connection (a poll for its
+/// hang-up) and a timeout, so that one sleep ends on "data may have come", "the producer is
+/// gone" or "time to look again". Where io_uring cannot do that (an old kernel, a seccomp filter
+/// that refuses `io_uring_setup`, or `SHMRING_WAKE_FALLBACK=1` for tests), it sleeps in
+/// `FUTEX_WAIT` with the timeout and looks at the connection afterwards; `fallbackReason` says why.
+///
+/// Owned by one consumer; not thread-safe (neither is the consumer).
+final class Sleeper {
+    /// What ended a sleep.
+    enum Outcome: Equatable {
+        /// The word changed (a wake, or a commit before the kernel queued the sleeper).
+        case woken
+        case timedOut
+        /// The rendezvous connection hung up.
+        case producerGone
+    }
+
+    private let ring: OpaquePointer?
+    /// Why the io_uring path is not used (nil when it is).
+    let fallbackReason: String?
+    /// The poll for the connection's hang-up is queued (it stays armed across sleeps).
+    private var pollArmed = false
+    /// Tags this sleep's futex wait, so that a completion of an earlier one is told apart.
+    private var generation: UInt64 = 0
+
+    private static let pollTag: UInt64 = 1
+    private static let cancelTag: UInt64 = 2
+
+    init() {
+        var reason: String?
+        var made: OpaquePointer?
+        if let forced = getenv("SHMRING_WAKE_FALLBACK"), String(cString: forced) == "1" {
+            reason = "SHMRING_WAKE_FALLBACK=1"
+        } else if CShmLinux_uring_probe_futex_wait() != 1 {
+            reason = "this kernel's io_uring has no FUTEX_WAIT (6.7 or later needed)"
+        } else {
+            var error: Int32 = 0
+            made = CShmLinux_uring_create(8, &error)
+            if made == nil { reason = "io_uring_setup failed: \(Errno(rawValue: error))" }
+        }
+        ring = made
+        fallbackReason = reason
+    }
+
+    deinit { CShmLinux_uring_destroy(ring) }
+
+    /// Sleeps while `*word == expected`, at most `timeout`, or until `connection` hangs up.
+    func sleep(on word: UnsafeMutablePointer<UInt32>, expected: UInt32, connection: Int32, timeout: Duration)
+        -> Outcome
+    {
+        guard let ring else { return fallbackSleep(on: word, expected: expected, connection: connection, timeout) }
+        generation &+= 1
+        let futexTag = generation << 8 | 3
+        if !pollArmed {
+            let events = UInt32(UInt16(bitPattern: CShmLinux_POLLRDHUP)) | UInt32(POLLHUP) | UInt32(POLLERR)
+            guard CShmLinux_uring_prep_poll(ring, connection, events, Self.pollTag) == 0 else {
+                return fallbackSleep(on: word, expected: expected, connection: connection, timeout)
+            }
+            pollArmed = true
+        }
+        guard CShmLinux_uring_prep_futex_wait(ring, word, expected, futexTag) == 0,
+            CShmLinux_uring_submit(ring) >= 0
+        else {
+            return fallbackSleep(on: word, expected: expected, connection: connection, timeout)
+        }
+        let deadline = ContinuousClock.now + timeout
+        var outcome: Outcome?
+        var cancelled = false
+        // Until this sleep's futex wait has completed (woken, changed, or cancelled): a wait left
+        // queued would complete into a later sleep.
+        while true {
+            if outcome != nil && !cancelled {
+                // Timed out or the producer went: take the futex wait back.
+                _ = CShmLinux_uring_prep_cancel(ring, futexTag, Self.cancelTag)
+                _ = CShmLinux_uring_submit(ring)
+                cancelled = true
+            }
+            let remaining = outcome == nil ? (deadline - ContinuousClock.now).clampedNanoseconds : -1
+            var completion = CShmLinux_completion()
+            let rc = CShmLinux_uring_wait(ring, outcome == nil ? max(remaining, 0) : -1, &completion)
+            if rc == -ETIME {
+                outcome = .timedOut
+                continue
+            }
+            guard rc == 0 else {
+                // The ring itself failed: nothing can be said about the queued wait; sleep no more.
+                return outcome ?? .woken
+            }
+            switch completion.user_data {
+            case futexTag:
+                // 0: woken; -EAGAIN: the word had changed already; -ECANCELED: taken back above.
+                return outcome ?? .woken
+            case Self.pollTag:
+                pollArmed = false
+                outcome = .producerGone
+            default:
+                continue  // the cancellation's own completion
+            }
+        }
+    }
+
+    /// `FUTEX_WAIT` with the timeout, then a look at the connection.
+    private func fallbackSleep(
+        on word: UnsafeMutablePointer<UInt32>, expected: UInt32, connection: Int32, _ timeout: Duration
+    ) -> Outcome {
+        let nanoseconds = timeout.clampedNanoseconds
+        var time = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
+        let rc = CShmLinux_futex_wait(word, expected, &time, false)
+        var entry = pollfd(fd: connection, events: CShmLinux_POLLRDHUP, revents: 0)
+        if Glibc.poll(&entry, 1, 0) != 0 { return .producerGone }
+        return rc != 0 && errno == ETIMEDOUT ? .timedOut : .woken
+    }
+}

@@ -1,0 +1,111 @@
+import CShmAtomics
+import ShmRing
+import ShmRingTestSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Scenarios of the wake-up path (WakeupTests, docs/wakeup.md).
+enum WakeCommands {
+    /// `--key K --count N [--timeout-ms T]`: attaches (gating, from the oldest message), says
+    /// "attached", and reads N messages, checking each, with `wait(timeout:)` whenever a poll
+    /// finds nothing. Reports the verification, `sleeps=`, `woken=`, `timeouts=`, `fallback=`,
+    /// and `ended=done|producerGone`.
+    static func consume(_ options: PeerOptions) throws {
+        let consumer = try RingConsumer(key: options.string("key"), configuration: .init(start: .oldest))
+        let timeout = Duration.milliseconds(options.int("timeout-ms", default: 1000))
+        let count = options.int("count")
+        PeerRuntime.ready("attached")
+        var verification = RingCommands.Verification()
+        var timeouts = 0
+        var ended = "done"
+        while verification.received < count {
+            let got = try consumer.poll(limit: count - verification.received) { bytes, info in
+                verification.check(bytes, info)
+                return .continue
+            }
+            if got > 0 { continue }
+            switch try consumer.wait(timeout: timeout) {
+            case .ready: break
+            case .timedOut: timeouts += 1
+            case .producerGone: ended = "producerGone"
+            }
+            if ended != "done" { break }
+        }
+        verification.report()
+        PeerRuntime.report("sleeps=\(consumer.sleeps)")
+        PeerRuntime.report("woken=\(consumer.wakeUps)")
+        PeerRuntime.report("announced=\(consumer.announcedWaits)")
+        PeerRuntime.report("timeouts=\(timeouts)")
+        PeerRuntime.report("fallback=\(consumer.sleepFallbackReason ?? "none")")
+        PeerRuntime.report("ended=\(ended)")
+        consumer.detach()
+    }
+
+    /// `--key K --rounds N --side ping|pong [--size S]`: one side of a round trip in which both
+    /// sides block. Each creates its own ring (`K-ping` or `K-pong`), attaches to the other's,
+    /// and then: ping publishes and waits for the pong, pong waits for the ping and answers.
+    /// Reports `rounds=`, `sleeps=` (waits that slept), `woken=`, `rtt_p50_ns=`, `rtt_p99_ns=`
+    /// (ping only) and `fallback=`.
+    static func pingPong(_ options: PeerOptions) throws {
+        let key = options.string("key")
+        let rounds = options.int("rounds")
+        let ping = options.string("side") == "ping"
+        let message = [UInt8](repeating: 7, count: options.int("size", default: 64))
+        let producer = try RingProducer(key: key + (ping ? "-ping" : "-pong"))
+        var found: RingConsumer?
+        for _ in 0..<20_000 where found == nil {
+            found = try? RingConsumer(key: key + (ping ? "-pong" : "-ping"), configuration: .init(start: .oldest))
+            if found == nil { usleep(1000) }
+        }
+        guard let consumer = found else { PeerRuntime.fail("the other side's ring never appeared") }
+        PeerRuntime.ready("attached")
+        // Both sides are attached once each has seen the other's consumer arrive.
+        while producer.activeConsumerCount == 0 { usleep(1000) }
+        var samples = [UInt64](repeating: 0, count: ping ? rounds : 0)
+        for round in 0..<rounds {
+            let start = RingCommands.now()
+            if ping { try producer.publish(message) }
+            var got = 0
+            while got == 0 {
+                got = try consumer.poll(limit: 1) { _, _ in .continue }
+                if got == 0 {
+                    if try consumer.wait(timeout: .seconds(5)) == .producerGone {
+                        PeerRuntime.fail("the other side went away at round \(round)")
+                    }
+                }
+            }
+            if !ping { try producer.publish(message) }
+            if ping { samples[round] = RingCommands.now() - start }
+        }
+        PeerRuntime.report("rounds=\(rounds)")
+        PeerRuntime.report("sleeps=\(consumer.sleeps)")
+        PeerRuntime.report("woken=\(consumer.wakeUps)")
+        PeerRuntime.report("announced=\(consumer.announcedWaits)")
+        PeerRuntime.report("wakes=\(producer.wakes)")
+        PeerRuntime.report("fallback=\(consumer.sleepFallbackReason ?? "none")")
+        if ping {
+            samples.sort()
+            PeerRuntime.report("rtt_p50_ns=\(samples[rounds / 2])")
+            PeerRuntime.report("rtt_p99_ns=\(samples[rounds * 99 / 100])")
+        }
+        // The last answer must be read before this side's ring goes.
+        if !ping { while producer.activeConsumerCount > 0 { usleep(1000) } }
+        consumer.detach()
+    }
+
+    /// `--key K`: a hostile consumer. Attaches lossy, says "attached", and writes the doorbell
+    /// for ever: random words, and the value that asks for a wake of the current epoch.
+    static func scribbleDoorbell(_ options: PeerOptions) throws {
+        let consumer = try RingConsumer(key: options.string("key"), configuration: .init(policy: .lossy))
+        PeerRuntime.ready("attached")
+        var random = SplitMix64(seed: UInt64(getpid()))
+        let doorbell = consumer.doorbellForTests
+        while true {
+            let value = UInt32(truncatingIfNeeded: random.next())
+            // Half of the time a random word, half of the time "wake epoch value & 3".
+            CShmAtomics_u32_store_relaxed(doorbell, value & 1 == 0 ? value : (value >> 1) & 3)
+        }
+    }
+}

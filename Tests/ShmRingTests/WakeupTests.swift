@@ -1,0 +1,155 @@
+import Foundation
+import Testing
+
+@testable import ShmRing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension MultiProcess {
+    /// Consumers that sleep and the producer that wakes them (docs/wakeup.md), across processes,
+    /// heavy loops in the release-built peer. Nothing here depends on timing to pass: every wait
+    /// has a timeout that only bounds a failure.
+    @Suite struct WakeupTests {
+        static var rounds: Int {
+            getenv("SHMRING_WAKE_ROUNDS").flatMap { Int(String(cString: $0)) } ?? 100_000
+        }
+
+        /// A producer peer on a 64 KiB ring that waits for two consumers, then publishes
+        /// `messages` generated messages with a pause after every `pauseEvery`.
+        func burstyProducer(key: String, messages: Int, maxSize: Int, pauseEvery: Int, pauseMicroseconds: Int)
+            throws -> ChildProcess
+        {
+            let producer = try ChildProcess(
+                TestPeer.forHeavyLoops,
+                [
+                    "ring-produce", "--key", key, "--count", "\(messages)", "--wait-consumers", "2",
+                    "--capacity", "\(1 << 16)", "--max-size", "\(maxSize)", "--large-every", "0",
+                    "--pause-every", "\(pauseEvery)", "--pause-us", "\(pauseMicroseconds)",
+                ])
+            try #require(producer.waitForReady("created"))
+            return producer
+        }
+
+        /// Two blocking consumers receive every message of bursty traffic (a pause after every
+        /// few messages puts them to sleep), each one checked; the producer wakes at most once
+        /// per announced wait, and waking takes it no system call while nobody sleeps.
+        @Test func blockingConsumersReceiveEveryMessageOfBurstyTraffic() throws {
+            let key = uniqueKey()
+            let messages = 20_000
+            let producer = try burstyProducer(
+                key: key, messages: messages, maxSize: 128, pauseEvery: 7, pauseMicroseconds: 50)
+            let readers = try (0..<2).map { _ in
+                try ChildProcess(
+                    TestPeer.forHeavyLoops,
+                    ["ring-wait-consume", "--key", key, "--count", "\(messages)", "--timeout-ms", "2000"])
+            }
+            var announced = 0
+            for reader in readers {
+                #expect(reader.wait(timeout: .seconds(300)) == .exited(0), "\(reader.standardError)")
+                let results = reader.results
+                #expect(results["received"] == "\(messages)", "\(results)")
+                #expect(results["gaps"] == "0" && results["corrupted"] == "0", "\(results)")
+                #expect(results["ended"] == "done")
+                #expect(Int(results["sleeps"] ?? "") ?? 0 > 0, "it never slept: \(results)")
+                announced += Int(results["announced"] ?? "") ?? 0
+                print("wake-up, bursty: consumer \(results)")
+            }
+            #expect(producer.wait(timeout: .seconds(300)) == .exited(0), "\(producer.standardError)")
+            let wakes = Int(producer.results["wakes"] ?? "") ?? -1
+            #expect(wakes > 0 && wakes <= announced, "\(wakes) wakes for \(announced) announced waits")
+            print("wake-up, bursty: \(wakes) wakes for \(announced) announced waits of 2 consumers")
+        }
+
+        /// Sleep and wake, many times, between two processes that both block: a round trip in
+        /// which each side waits for the other's message. No round may hang.
+        @Test(arguments: [false, true])
+        func sleepWakeCyclesBetweenTwoProcesses(fallback: Bool) throws {
+            let key = uniqueKey()
+            let rounds = fallback ? Self.rounds / 10 : Self.rounds
+            let environment = fallback ? ["SHMRING_WAKE_FALLBACK": "1"] : [:]
+            let sides = try ["pong", "ping"].map { side in
+                try ChildProcess(
+                    TestPeer.forHeavyLoops,
+                    ["ring-wait-pingpong", "--key", key, "--rounds", "\(rounds)", "--side", side],
+                    environment: environment)
+            }
+            for side in sides {
+                #expect(side.wait(timeout: .seconds(600)) == .exited(0), "\(side.standardError)")
+                let results = side.results
+                #expect(results["rounds"] == "\(rounds)", "\(results)")
+                #expect(Int(results["sleeps"] ?? "") ?? 0 > 0, "\(results)")
+                #expect((results["fallback"] == "none") != fallback, "\(results)")
+                print("wake-up, round trips (fallback \(fallback)): \(results)")
+            }
+        }
+
+        /// A consumer asleep with a long timeout learns at once that the producer died.
+        @Test func aSleepingConsumerSeesTheProducerDie() throws {
+            let key = uniqueKey()
+            let producer = try ChildProcess(
+                TestPeer.debug, ["ring-produce", "--key", key, "--count", "10", "--wait-consumers", "1"],
+                expectCrash: true)
+            try #require(producer.waitForReady("created"))
+            let reader = try ChildProcess(
+                TestPeer.debug, ["ring-wait-consume", "--key", key, "--count", "1000", "--timeout-ms", "600000"])
+            try #require(producer.waitForReady("published"))
+            producer.signal(SIGKILL)
+            #expect(producer.wait() == .signaled(SIGKILL))
+            // Far below the consumer's own 10-minute timeout: only the hang-up can end its sleep.
+            #expect(reader.wait(timeout: .seconds(60)) == .exited(0), "\(reader.standardError)")
+            #expect(reader.results["received"] == "10")
+            #expect(reader.results["ended"] == "producerGone", "\(reader.results)")
+        }
+
+        /// A hostile consumer that scribbles over the doorbell for the whole run can neither block
+        /// nor stop the producer, and an honest blocking consumer still receives everything (its
+        /// sleeps end by their timeout at worst).
+        @Test func aHostileDoorbellWriterCannotStopTheProducer() throws {
+            let key = uniqueKey()
+            let messages = 200_000
+            let producer = try burstyProducer(
+                key: key, messages: messages, maxSize: 64, pauseEvery: 100, pauseMicroseconds: 20)
+            let hostile = try ChildProcess(TestPeer.forHeavyLoops, ["ring-doorbell-scribble", "--key", key])
+            try #require(hostile.waitForReady("attached"))
+            let reader = try ChildProcess(
+                TestPeer.forHeavyLoops,
+                ["ring-wait-consume", "--key", key, "--count", "\(messages)", "--timeout-ms", "5"])
+            #expect(reader.wait(timeout: .seconds(300)) == .exited(0), "\(reader.standardError)")
+            #expect(reader.results["received"] == "\(messages)", "\(reader.results)")
+            #expect(reader.results["corrupted"] == "0" && reader.results["gaps"] == "0")
+            // The producer published everything while the scribbler ran.
+            try #require(producer.waitForReady("published"))
+            hostile.signal(SIGKILL)
+            #expect(hostile.wait() == .signaled(SIGKILL))
+            #expect(producer.wait(timeout: .seconds(120)) == .exited(0), "\(producer.standardError)")
+            print("wake-up, hostile doorbell: producer \(producer.results), consumer \(reader.results)")
+        }
+
+        /// A consumer blocked for two seconds uses under 1 % of a CPU (user + system time from
+        /// /proc/PID/stat, in clock ticks).
+        @Test func aBlockedConsumerUsesAlmostNoCPU() throws {
+            let key = uniqueKey()
+            let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 16))
+            let reader = try ChildProcess(
+                TestPeer.forHeavyLoops, ["ring-wait-consume", "--key", key, "--count", "1", "--timeout-ms", "60000"])
+            try #require(reader.waitForReady("attached"))
+            func cpuTicks() throws -> Int {
+                let stat = try String(contentsOfFile: "/proc/\(reader.pid)/stat", encoding: .utf8)
+                // Fields after the command name (which ends with ")"): utime is the 12th, stime the 13th.
+                let fields = stat[stat.range(of: ")")!.upperBound...].split(separator: " ")
+                return Int(fields[11])! + Int(fields[12])!
+            }
+            usleep(200_000)  // into its sleep
+            let before = try cpuTicks()
+            let ticksPerSecond = sysconf(Int32(_SC_CLK_TCK))
+            usleep(2_000_000)
+            let used = try cpuTicks() - before
+            #expect(used * 100 <= 2 * ticksPerSecond, "\(used) ticks of CPU in 2 s (\(ticksPerSecond) a second)")
+            try producer.publish([UInt8](repeating: 0, count: 8))
+            #expect(reader.wait(timeout: .seconds(60)) == .exited(0), "\(reader.standardError)")
+            print("wake-up: a blocked consumer used \(used) clock ticks in 2 s")
+        }
+    }
+}
