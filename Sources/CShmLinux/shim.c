@@ -317,3 +317,81 @@ int CShmLinux_membarrier_register_global_expedited(void) {
 int CShmLinux_membarrier_global_expedited(void) {
     return (int)syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0);
 }
+
+// MARK: - Calibration of the spin budget
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+
+typedef struct {
+    uint32_t word;  // odd: the partner's turn; even: the caller's
+    int rounds;
+} wake_pair;
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+// Waits until the word is not `value` (a private futex: both threads are in this process).
+static void wait_while(uint32_t *word, uint32_t value) {
+    while (__atomic_load_n(word, __ATOMIC_ACQUIRE) == value)
+        syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+}
+
+static void *wake_partner(void *argument) {
+    wake_pair *pair = argument;
+    for (int i = 0; i < pair->rounds; i++) {
+        wait_while(&pair->word, (uint32_t)(2 * i));  // wait for the caller's ping (odd)
+        __atomic_store_n(&pair->word, (uint32_t)(2 * i + 2), __ATOMIC_RELEASE);
+        syscall(SYS_futex, &pair->word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    }
+    return NULL;
+}
+
+static int compare_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int64_t CShmLinux_measure_wake_ns(int rounds) {
+    if (rounds < 1) rounds = 1;
+    wake_pair pair = {.word = 0, .rounds = rounds};
+    int64_t *samples = malloc(sizeof(int64_t) * (size_t)rounds);
+    if (samples == NULL) return -ENOMEM;
+    pthread_t thread;
+    int rc = pthread_create(&thread, NULL, wake_partner, &pair);
+    if (rc != 0) {
+        free(samples);
+        return -rc;
+    }
+    for (int i = 0; i < rounds; i++) {
+        int64_t start = now_ns();
+        __atomic_store_n(&pair.word, (uint32_t)(2 * i + 1), __ATOMIC_RELEASE);
+        syscall(SYS_futex, &pair.word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+        wait_while(&pair.word, (uint32_t)(2 * i + 1));
+        samples[i] = (now_ns() - start) / 2;
+    }
+    pthread_join(thread, NULL);
+    qsort(samples, (size_t)rounds, sizeof(int64_t), compare_i64);
+    int64_t median = samples[rounds / 2];
+    free(samples);
+    return median;
+}
+
+int64_t CShmLinux_measure_pause_ps(int count) {
+    if (count < 1) count = 1;
+    int64_t start = now_ns();
+    for (int i = 0; i < count; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        __asm__ __volatile__("yield" ::: "memory");
+#else
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+#endif
+    }
+    return (now_ns() - start) * 1000 / count;
+}

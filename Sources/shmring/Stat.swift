@@ -63,7 +63,7 @@ struct Stat: ParsableCommand {
             \(s.refusesGating ? ", refuses gating consumers" : "")
               producer pid \(s.producerPID): position \(s.position), next sequence \(s.nextSequence), \
             published \(s.published) messages (\(s.publishedBytes) bytes), back-pressure events \(s.backPressureEvents)
-              demotions \(s.demotions), evictions \(s.evictions); consumers: \(s.consumers.count)
+              demotions \(s.demotions), evictions \(s.evictions), wakes \(s.wakes); consumers: \(s.consumers.count)
 
             """
         if !s.consumers.isEmpty {
@@ -73,6 +73,11 @@ struct Stat: ParsableCommand {
                 text +=
                     "  \(pad(c.slot, 4))  \(pad(c.pid, 8))  \(policyName(c).padding(7))  \(pad(c.position, 20))  "
                     + "\(pad(c.lag, 9))  \(pad(c.delivered, 11))  \(c.lappedMessages) (\(c.lappedBytes))\(flags)\n"
+                if c.announcedWaits > 0 || c.sleeping {
+                    text +=
+                        "        waits \(c.announcedWaits), slept \(c.sleeps), woken \(c.wakeUps)"
+                        + (c.sleeping ? ", waiting now" : "") + "\n"
+                }
             }
         }
         return text
@@ -88,7 +93,8 @@ struct Stat: ParsableCommand {
             "{\"slot\": \(c.slot), \"pid\": \(c.pid), \"policy\": \(jsonString(policyName(c))), \"position\": \(c.position), "
                 + "\"lag\": \(c.lag), \"delivered\": \(c.delivered), \"delivered_bytes\": \(c.deliveredBytes), "
                 + "\"lapped_messages\": \(c.lappedMessages), \"lapped_bytes\": \(c.lappedBytes), "
-                + "\"demoted\": \(c.demoted), \"evicted\": \(c.evicted)}"
+                + "\"demoted\": \(c.demoted), \"evicted\": \(c.evicted), \"sleeping\": \(c.sleeping), "
+                + "\"waits\": \(c.announcedWaits), \"sleeps\": \(c.sleeps), \"woken\": \(c.wakeUps)}"
         }
         return "{\"key\": \(jsonString(s.key)), \"segment_id\": \(jsonString(s.segmentID.description)), "
             + "\"layout_version\": \(s.layoutVersion), \"capacity\": \(s.capacity), \"alignment\": \(s.alignment), "
@@ -96,7 +102,7 @@ struct Stat: ParsableCommand {
             + "\"producer\": {\"pid\": \(s.producerPID), \"position\": \(s.position), \"next_sequence\": \(s.nextSequence), "
             + "\"published\": \(s.published), \"published_bytes\": \(s.publishedBytes), "
             + "\"back_pressure_events\": \(s.backPressureEvents), \"demotions\": \(s.demotions), "
-            + "\"evictions\": \(s.evictions), \"limit\": \(s.limit)}, "
+            + "\"evictions\": \(s.evictions), \"limit\": \(s.limit), \"wakes\": \(s.wakes)}, "
             + "\"consumers\": [\(consumers.joined(separator: ", "))]}\n"
     }
 

@@ -40,8 +40,17 @@ struct Sub: ParsableCommand {
     @Option(help: "Start at the newest message or the oldest still available.")
     var from: From = .newest
 
-    @Option(help: "How to wait for messages: spin, yield or backoff.")
+    @Option(
+        help:
+            "How to wait for messages: spin, yield, backoff, or block (spin about one wake-up's cost, then sleep until the producer publishes)."
+    )
     var idle: String = "backoff"
+
+    @Option(
+        name: .customLong("idle-timeout"),
+        help: ArgumentHelp(
+            "With --idle block: the longest single sleep before looking again (10ms, 1s).", valueName: "time"))
+    var idleTimeout: String = "1s"
 
     @Option(help: "Exit after this many messages.")
     var count: Int?
@@ -57,11 +66,11 @@ struct Sub: ParsableCommand {
 
     func validate() throws {
         if let count, count < 0 { throw ValidationError("--count must not be negative, got \(count)") }
-        if idle == "block" {
-            throw ValidationError("--idle block arrives with the wake-up path; use spin, yield or backoff")
-        }
         guard idleStrategy(named: idle) != nil else {
-            throw ValidationError("--idle \(idle): expected spin, yield or backoff")
+            throw ValidationError("--idle \(idle): expected spin, yield, backoff or block")
+        }
+        guard parseDuration(idleTimeout) != nil else {
+            throw ValidationError("--idle-timeout \(idleTimeout): expected a positive time up to an hour, such as 1s")
         }
         if let lagLimit {
             guard policy == .gating else {
@@ -73,11 +82,11 @@ struct Sub: ParsableCommand {
 
     /// `10ms`, `2s`, `500us`, `100ns` (a time), or a size such as `64KiB` or `4096` (bytes).
     static func parseLagLimit(_ text: String) throws -> LagLimit {
-        for (suffix, unit) in [("ms", 1_000_000.0), ("us", 1_000.0), ("ns", 1.0), ("s", 1_000_000_000.0)]
-        where text.hasSuffix(suffix) {
-            guard let value = Double(text.dropLast(suffix.count)), value.isFinite, value > 0, value * unit <= 3.6e12
-            else { throw ValidationError("--lag-limit \(text): expected a positive time up to an hour, such as 10ms") }
-            return LagLimit(time: .nanoseconds(Int64(max(1, value * unit))))
+        if ["ms", "us", "ns", "s"].contains(where: { text.hasSuffix($0) }) {
+            guard let time = parseDuration(text) else {
+                throw ValidationError("--lag-limit \(text): expected a positive time up to an hour, such as 10ms")
+            }
+            return LagLimit(time: time)
         }
         guard let size = ByteSize(argument: text), size.bytes > 0 else {
             throw ValidationError("--lag-limit \(text): expected a size (64KiB) or a time (10ms)")
@@ -87,7 +96,7 @@ struct Sub: ParsableCommand {
 
     func run() throws {
         CShmLinux_install_stop_signals()
-        let strategy = idleStrategy(named: idle)!
+        let strategy = idleStrategy(named: idle, blockTimeout: parseDuration(idleTimeout)!)!
         let consumer = try RingConsumer(
             key: key, namespace: namespace(dir),
             configuration: .init(
@@ -113,10 +122,11 @@ struct Sub: ParsableCommand {
                 rounds = 0
                 continue
             }
-            strategy.idle(&rounds)
-            // About every millisecond of idleness (or every 256 rounds of a spinning wait): is the
-            // producer still there? Then drain what it committed before going.
-            if rounds % 256 == 255 && !consumer.isProducerAlive {
+            let waited = try consumer.idle(using: strategy, rounds: &rounds)
+            // A blocking wait says when the producer went; otherwise, about every millisecond of
+            // idleness (or every 256 rounds of a spinning wait): is the producer still there?
+            // Then drain what it committed before going.
+            if waited == .producerGone || (waited == nil && rounds % 256 == 255 && !consumer.isProducerAlive) {
                 _ = try poll(consumer, limit: wanted - state.messages, &state, &output)
                 output.flush()
                 ending = state.ended ? "end of stream" : "producer gone"

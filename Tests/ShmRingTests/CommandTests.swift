@@ -40,14 +40,17 @@ extension MultiProcess {
             return false
         }
 
+        /// Two verifying subscribers, one spinning and one that blocks between messages (the
+        /// publisher paces itself, so the blocking one sleeps and is woken).
         @Test func pubAndTwoVerifyingSubsAcrossProcesses() throws {
             let key = uniqueKey()
             let publisher = try shmring([
                 "pub", key, "--count", "20000", "--size", "100", "--wait-consumers", "2", "--linger", "30",
+                "--rate", "200000",
             ])
             #expect(waitFor(publisher, stderrContains: "serving \(key)"))
-            let readers = try (0..<2).map { _ in
-                try shmring(["sub", key, "--from", "oldest", "--verify", "--format", "none"])
+            let readers = try ["spin", "block"].map { idle in
+                try shmring(["sub", key, "--from", "oldest", "--verify", "--format", "none", "--idle", idle])
             }
             for reader in readers {
                 #expect(reader.wait(timeout: .seconds(300)) == .exited(0), "\(reader.standardError)")
@@ -193,6 +196,8 @@ extension MultiProcess {
                 (["sub", segment.key], "\(segment.key) is a shared-memory segment, not a ring"),
                 (["stat", segment.key], "\(segment.key) is a shared-memory segment, not a ring"),
                 (["sub", "k", "--idle", "sleepy"], "--idle"),
+                (["sub", "k", "--idle", "block", "--idle-timeout", "soon"], "--idle-timeout soon"),
+                (["sub", "k", "--idle-timeout", "0s"], "--idle-timeout 0s"),
                 (["sub", "k", "--no-such-option"], "no-such-option"),
                 (["sub", "k", "--policy", "lossy", "--lag-limit", "1MiB"], "--lag-limit is for gating"),
                 (["sub", "k", "--lag-limit", "soon"], "--lag-limit soon"),

@@ -1,4 +1,5 @@
 import CShmAtomics
+import CShmLinux
 
 #if canImport(Glibc)
 import Glibc
@@ -19,8 +20,9 @@ import Glibc
 /// ```
 ///
 /// Spinning gives the lowest latency and burns a CPU; sleeping costs a timer wake-up (20–45 µs
-/// here, more under load) on the first message after a sleep. A strategy that blocks until the
-/// producer wakes the consumer comes with the wake-up path.
+/// here, more under load) on the first message after a sleep. `block` spins for about one wake-up's
+/// cost (calibrated once per process), then blocks until the producer wakes the consumer
+/// (`RingConsumer.idle(using:rounds:)`, docs/wakeup.md): a wake-up's latency, no CPU while idle.
 public struct IdleStrategy: Sendable, Hashable, CustomStringConvertible {
     /// Rounds of a pause instruction first.
     public var spins: Int
@@ -30,6 +32,9 @@ public struct IdleStrategy: Sendable, Hashable, CustomStringConvertible {
     public var minimumSleep: Duration
     /// ... doubling every 64 sleeps, up to this long.
     public var maximumSleep: Duration
+    /// Block instead of sleeping, each wait at most this long (nil: sleep). Only a consumer can
+    /// block (`RingConsumer.idle(using:rounds:)`); `idle(_:)` alone sleeps `minimumSleep` then.
+    public var blockTimeout: Duration?
 
     public init(
         spins: Int, yields: Int = 0, minimumSleep: Duration = .microseconds(50),
@@ -51,6 +56,21 @@ public struct IdleStrategy: Sendable, Hashable, CustomStringConvertible {
     /// wake-up on the first message after a quiet spell.
     public static var backoff: IdleStrategy { IdleStrategy(spins: 64, yields: 64) }
 
+    /// Spin for about one wake-up's cost (`calibratedSpins`), then block until the producer
+    /// publishes, each wait at most `timeout` (after which the caller polls and may block again).
+    /// A spin budget of one wake-up's cost is never worse than twice the best choice made
+    /// knowing the future (the ski-rental argument).
+    public static func block(timeout: Duration = .seconds(1)) -> IdleStrategy {
+        var strategy = IdleStrategy(spins: calibratedSpins)
+        strategy.blockTimeout = max(.microseconds(1), timeout)
+        return strategy
+    }
+
+    /// Pause instructions that take about as long as one wake-up here: measured once per process
+    /// (a futex ping-pong between two threads, 100 rounds, and the time of a pause), at the first
+    /// use. 64 ... 1 048 576.
+    public static var calibratedSpins: Int { Calibration.spins }
+
     /// Waits once. `rounds` counts the idle rounds in a row: this increments it; set it to 0 when
     /// work arrives.
     @inlinable
@@ -61,6 +81,9 @@ public struct IdleStrategy: Sendable, Hashable, CustomStringConvertible {
             CShmAtomics_pause()
         } else if round - spins < yields {
             sched_yield()
+        } else if blockTimeout != nil {
+            // Blocking needs a consumer (RingConsumer.idle(using:rounds:)); alone, sleep briefly.
+            sleep(round: 0)
         } else {
             sleep(round: round - spins - yields)
         }
@@ -82,12 +105,27 @@ public struct IdleStrategy: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String {
+        if let blockTimeout { return "spin \(spins), yield \(yields), block \(blockTimeout) at a time" }
         switch self {
-        case .spin: "spin"
-        case .yield: "yield"
-        case .spinThenYield: "spin-then-yield"
-        case .backoff: "backoff"
-        default: "spin \(spins), yield \(yields), sleep \(minimumSleep) ... \(maximumSleep)"
+        case .spin: return "spin"
+        case .yield: return "yield"
+        case .spinThenYield: return "spin-then-yield"
+        case .backoff: return "backoff"
+        default: return "spin \(spins), yield \(yields), sleep \(minimumSleep) ... \(maximumSleep)"
         }
     }
+}
+
+/// The spin budget before blocking, measured once per process.
+enum Calibration {
+    /// The median cost of one wake-up here (nanoseconds), and of one pause (picoseconds).
+    static let measured: (wakeNanoseconds: Int64, pausePicoseconds: Int64) = (
+        CShmLinux_measure_wake_ns(100), CShmLinux_measure_pause_ps(100_000)
+    )
+
+    static let spins: Int = {
+        let (wake, pause) = measured
+        guard wake > 0, pause > 0 else { return 4096 }
+        return Int(min(max(wake * 1000 / pause, 64), 1 << 20))
+    }()
 }

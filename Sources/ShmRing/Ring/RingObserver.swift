@@ -28,6 +28,8 @@ public struct RingSnapshot: Sendable, Equatable {
     /// The producer's gating limit (lowest gating cursor + capacity, at its last look).
     public var limit: UInt64
     public var refusesGating: Bool
+    /// Wakes the producer issued to sleeping consumers (one `FUTEX_WAKE` each).
+    public var wakes: UInt64 = 0
     public var consumers: [Consumer]
 
     /// One attached consumer.
@@ -52,6 +54,12 @@ public struct RingSnapshot: Sendable, Equatable {
         public var demoted: Bool
         /// The producer evicted it.
         public var evicted: Bool
+        /// Inside a blocking wait now (announced or asleep); its waits that announced themselves,
+        /// that went to sleep, and that a wake ended (docs/wakeup.md).
+        public var sleeping: Bool = false
+        public var announcedWaits: UInt64 = 0
+        public var sleeps: UInt64 = 0
+        public var wakeUps: UInt64 = 0
     }
 }
 
@@ -134,7 +142,7 @@ public final class RingObserver {
             let rawNotice = word(RingLayout.Slot.notice)
             let notice =
                 RingLayout.noticeGeneration(rawNotice) == RingLayout.noticeGeneration(generation << 2) ? rawNotice : 0
-            consumers.append(
+            var consumer =
                 RingSnapshot.Consumer(
                     slot: index,
                     pid: Int32(
@@ -146,9 +154,16 @@ public final class RingObserver {
                     deliveredBytes: word(RingLayout.Slot.deliveredBytes),
                     lappedMessages: word(RingLayout.Slot.lappedMessages),
                     lappedBytes: word(RingLayout.Slot.lappedBytes),
-                    demoted: notice & RingLayout.noticeDemoted != 0, evicted: notice & RingLayout.noticeEvicted != 0))
+                    demoted: notice & RingLayout.noticeDemoted != 0, evicted: notice & RingLayout.noticeEvicted != 0)
+            consumer.sleeping =
+                CShmAtomics_u32_load_relaxed((page + RingLayout.Slot.sleeping).assumingMemoryBound(to: UInt32.self))
+                != 0
+            consumer.announcedWaits = word(RingLayout.Slot.announced)
+            consumer.sleeps = word(RingLayout.Slot.sleeps)
+            consumer.wakeUps = word(RingLayout.Slot.woken)
+            consumers.append(consumer)
         }
-        return RingSnapshot(
+        var snapshot = RingSnapshot(
             key: key, segmentID: reply.segmentID, layoutVersion: u32(RingLayout.Config.layoutVersion),
             capacity: capacity,
             alignment: check.alignment, maxMessageLength: check.maxMessageLength,
@@ -159,5 +174,7 @@ public final class RingObserver {
             demotions: u64(RingLayout.Counters.demotions), evictions: u64(RingLayout.Counters.evictions),
             limit: u64(RingLayout.Producer.limit),
             refusesGating: u32(RingLayout.Config.flags) & RingLayout.flagRefusesGating != 0, consumers: consumers)
+        snapshot.wakes = u64(RingLayout.Wake.wakes)
+        return snapshot
     }
 }

@@ -32,15 +32,27 @@ func namespace(_ directory: String?) -> KeyNamespace {
 /// Whether SIGINT or SIGTERM arrived (after `CShmLinux_install_stop_signals`).
 var stopRequested: Bool { CShmLinux_stop_signal() != 0 }
 
-/// The library's idle strategy named by `--idle`; nil for a name it does not know. (`block` comes
-/// with the wake-up path.)
-func idleStrategy(named name: String) -> IdleStrategy? {
+/// The library's idle strategy named by `--idle`; nil for a name it does not know. `block` waits
+/// at most `blockTimeout` at a time before it looks again.
+func idleStrategy(named name: String, blockTimeout: Duration = .seconds(1)) -> IdleStrategy? {
     switch name {
     case "spin": .spin
     case "yield": .yield
     case "backoff": .backoff
+    case "block": .block(timeout: blockTimeout)
     default: nil
     }
+}
+
+/// `10ms`, `2s`, `500us`, `100ns`: a positive time up to an hour; nil otherwise.
+func parseDuration(_ text: String) -> Duration? {
+    for (suffix, unit) in [("ms", 1_000_000.0), ("us", 1_000.0), ("ns", 1.0), ("s", 1_000_000_000.0)]
+    where text.hasSuffix(suffix) {
+        guard let value = Double(text.dropLast(suffix.count)), value.isFinite, value > 0, value * unit <= 3.6e12
+        else { return nil }
+        return .nanoseconds(Int64(max(1, value * unit)))
+    }
+    return nil
 }
 
 /// A buffered writer for standard output, flushed per poll batch.

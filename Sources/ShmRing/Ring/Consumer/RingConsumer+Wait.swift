@@ -32,7 +32,8 @@ extension RingConsumer {
         // Acquire: a consumer that sees an epoch also sees the commits that came before its wake.
         // Partner: the release store of `data_epoch` in RingWriter.wakeSleepers.
         let epoch = CShmAtomics_u32_load_acquire(epochWord)
-        announce(waitingOn: epoch)
+        // A wake happened since the load above: poll first (nothing was announced).
+        guard announce(waitingOn: epoch, epochWord: epochWord) else { return .ready }
         // Relaxed: statistics.
         let announced = slot.word(RingLayout.Slot.announced)
         CShmAtomics_u64_store_relaxed(announced, CShmAtomics_u64_load_relaxed(announced) &+ 1)
@@ -61,23 +62,54 @@ extension RingConsumer {
         }
     }
 
+    /// Waits once, as `strategy` says: spins, yields or sleeps like `IdleStrategy.idle`, or, for a
+    /// strategy with a `blockTimeout` whose spins and yields are used up, blocks in
+    /// `wait(timeout:)`. Returns what the wait returned (nil when it did not block). Count the
+    /// rounds as for `IdleStrategy.idle`, and set them to 0 when a poll finds messages.
+    ///
+    /// ```swift
+    /// var rounds = 0
+    /// while true {
+    ///     if try consumer.poll(handle) > 0 { rounds = 0; continue }
+    ///     if try consumer.idle(using: .block(), rounds: &rounds) == .producerGone { break }
+    /// }
+    /// ```
+    @discardableResult
+    public func idle(using strategy: IdleStrategy, rounds: inout Int) throws(RingError) -> WaitResult? {
+        guard let timeout = strategy.blockTimeout, rounds >= strategy.spins &+ strategy.yields else {
+            if strategy.blockTimeout == nil {
+                strategy.idle(&rounds)
+            } else {
+                // Spinning (or yielding) before blocking: the idle stages without the sleep.
+                var spinOnly = strategy
+                spinOnly.blockTimeout = nil
+                spinOnly.idle(&rounds)
+            }
+            return nil
+        }
+        return try wait(timeout: timeout)
+    }
+
     /// Waits that went to sleep, and those a wake ended (the rest timed out or saw the producer go).
     public var sleeps: UInt64 { CShmAtomics_u64_load_relaxed(slot.word(RingLayout.Slot.sleeps)) }
     public var wakeUps: UInt64 { CShmAtomics_u64_load_relaxed(slot.word(RingLayout.Slot.woken)) }
     /// Waits that announced themselves to the producer (the rest found a message at once).
     public var announcedWaits: UInt64 { CShmAtomics_u64_load_relaxed(slot.word(RingLayout.Slot.announced)) }
 
-    /// The doorbell word, for the test that plays a hostile consumer.
+    /// The doorbell word and the current data epoch, for the test that plays a hostile consumer.
     package var doorbellForTests: UnsafeMutablePointer<UInt32> { doorbellWord }
+    package var dataEpochForTests: UInt32 { CShmAtomics_u32_load_relaxed(view.word32(RingLayout.Wake.dataEpoch)) }
 
     /// Why this consumer's sleeps do not go through io_uring (nil when they do, or before the
     /// first sleep).
     public var sleepFallbackReason: String? { sleeper?.fallbackReason }
 
     /// Whether a poll would find something: a committed record or padding at this consumer's
-    /// position, or a lap (the producer's tail intent is more than a ring ahead: a lossy
-    /// consumer's next poll reports the loss and resumes).
+    /// position, a lap (the producer's tail intent is more than a ring ahead: a lossy consumer's
+    /// next poll reports the loss and resumes), or a notice from the producer.
     var hasMessage: Bool {
+        // A notice (eviction, demotion) is news too: the next poll reports it.
+        if slot.notice != state.pointee.noticeSeen { return true }
         let position = state.pointee.position
         if view.record(at: position, sequence: state.pointee.sequence) != .absent { return true }
         // Relaxed: a hint; the poll that follows validates what it reads.
@@ -85,21 +117,29 @@ extension RingConsumer {
         return intent &- position > UInt64(view.capacity)
     }
 
-    /// Raises the doorbell to `epoch + 1` ("someone sleeps on this epoch"). Never lowers it below
-    /// what another consumer announced for a later epoch; overwrites a value no consumer could
-    /// have written (ahead of the real epoch), so that a stray write cannot keep sleepers from
-    /// being woken for ever.
-    private func announce(waitingOn epoch: UInt32) {
+    /// Raises the doorbell to `epoch + 1` ("someone sleeps on this epoch"). Never lowers another
+    /// consumer's announcement: a value ahead of `epoch + 1` is either a later epoch (then a wake
+    /// happened since `epoch` was read: returns false, announcing nothing, and the caller polls)
+    /// or a value no consumer could have written (ahead of the real epoch), which it overwrites,
+    /// so that a stray write cannot keep sleepers from being woken for ever.
+    private func announce(waitingOn epoch: UInt32, epochWord: UnsafeMutablePointer<UInt32>) -> Bool {
         let want = epoch &+ 1
         let doorbell = doorbellWord
         // Relaxed: the membarrier after the announcement orders it (see `wait`).
         var current = CShmAtomics_u32_load_relaxed(doorbell)
         while current != want {
             let behind = current == 0 || Int32(bitPattern: want &- current) > 0
-            let bogus = Int32(bitPattern: current &- want) > 0  // ahead of an epoch not reached yet
-            guard behind || bogus else { return }
-            if CShmAtomics_u32_compare_exchange_acq_rel(doorbell, &current, want) { return }
+            if !behind {
+                // Ahead (or exactly half the epoch space away). Acquire, as the first load of
+                // the epoch in `wait`.
+                if CShmAtomics_u32_load_acquire(epochWord) != epoch { return false }
+                // The epoch did not move, so no consumer can have announced a later one: a stray
+                // value. A genuine announcement made meanwhile changes the word, and the
+                // compare-and-swap below fails and looks again.
+            }
+            if CShmAtomics_u32_compare_exchange_acq_rel(doorbell, &current, want) { return true }
         }
+        return true
     }
 
     /// The sleeper's half of the fence: `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, or a full

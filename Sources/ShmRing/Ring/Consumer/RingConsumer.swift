@@ -215,6 +215,9 @@ public final class RingConsumer {
         state.pointee.closed = true
         // Release: everything this consumer read happens before the producer may reuse the space.
         CShmAtomics_u64_store_release(slot.word(RingLayout.Slot.active), 0)
+        // The sleeper's io_uring holds a poll on the connection (a reference to the socket):
+        // tear it down first, or the producer would not see the hang-up until deinit.
+        sleeper = nil
         connection.closeIgnoringErrors()
     }
 

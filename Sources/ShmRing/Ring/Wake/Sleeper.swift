@@ -23,9 +23,9 @@ final class Sleeper {
         case producerGone
     }
 
-    private let ring: OpaquePointer?
+    private var ring: OpaquePointer?
     /// Why the io_uring path is not used (nil when it is).
-    let fallbackReason: String?
+    private(set) var fallbackReason: String?
     /// The poll for the connection's hang-up is queued (it stays armed across sleeps).
     private var pollArmed = false
     /// Tags this sleep's futex wait, so that a completion of an earlier one is told apart.
@@ -79,8 +79,9 @@ final class Sleeper {
         while true {
             if outcome != nil && !cancelled {
                 // Timed out or the producer went: take the futex wait back.
-                _ = CShmLinux_uring_prep_cancel(ring, futexTag, Self.cancelTag)
-                _ = CShmLinux_uring_submit(ring)
+                guard CShmLinux_uring_prep_cancel(ring, futexTag, Self.cancelTag) == 0,
+                    CShmLinux_uring_submit(ring) >= 0
+                else { return giveUp("io_uring could not cancel a futex wait", outcome!) }
                 cancelled = true
             }
             let remaining = outcome == nil ? (deadline - ContinuousClock.now).clampedNanoseconds : -1
@@ -90,13 +91,14 @@ final class Sleeper {
                 outcome = .timedOut
                 continue
             }
-            guard rc == 0 else {
-                // The ring itself failed: nothing can be said about the queued wait; sleep no more.
-                return outcome ?? .woken
-            }
+            guard rc == 0 else { return giveUp("io_uring wait failed: \(Errno(rawValue: -rc))", outcome ?? .woken) }
             switch completion.user_data {
             case futexTag:
                 // 0: woken; -EAGAIN: the word had changed already; -ECANCELED: taken back above.
+                let result = completion.result
+                guard result == 0 || result == -EAGAIN || result == -ECANCELED else {
+                    return giveUp("io_uring futex wait: \(Errno(rawValue: -result))", outcome ?? .woken)
+                }
                 return outcome ?? .woken
             case Self.pollTag:
                 pollArmed = false
@@ -107,15 +109,26 @@ final class Sleeper {
         }
     }
 
+    /// The io_uring path failed in a way that leaves its state unknown: tear the ring down (which
+    /// cancels whatever is queued) and sleep in `FUTEX_WAIT` from now on.
+    private func giveUp(_ reason: String, _ outcome: Outcome) -> Outcome {
+        CShmLinux_uring_destroy(ring)
+        ring = nil
+        pollArmed = false
+        fallbackReason = reason
+        return outcome
+    }
+
     /// `FUTEX_WAIT` with the timeout, then a look at the connection.
     private func fallbackSleep(
         on word: UnsafeMutablePointer<UInt32>, expected: UInt32, connection: Int32, _ timeout: Duration
     ) -> Outcome {
         let nanoseconds = timeout.clampedNanoseconds
         var time = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
-        let rc = CShmLinux_futex_wait(word, expected, &time, false)
+        let timedOut = CShmLinux_futex_wait(word, expected, &time, false) != 0 && errno == ETIMEDOUT
         var entry = pollfd(fd: connection, events: CShmLinux_POLLRDHUP, revents: 0)
-        if Glibc.poll(&entry, 1, 0) != 0 { return .producerGone }
-        return rc != 0 && errno == ETIMEDOUT ? .timedOut : .woken
+        let hangUp = CShmLinux_POLLRDHUP | Int16(POLLHUP) | Int16(POLLERR)
+        if Glibc.poll(&entry, 1, 0) > 0 && entry.revents & hangUp != 0 { return .producerGone }
+        return timedOut ? .timedOut : .woken
     }
 }
