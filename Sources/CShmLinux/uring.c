@@ -128,6 +128,23 @@ int CShmLinux_uring_wait(CShmLinux_uring *ring, int64_t timeout_ns, CShmLinux_co
     return 0;
 }
 
+int CShmLinux_uring_submit_and_wait(CShmLinux_uring *ring, int64_t timeout_ns, CShmLinux_completion *out) {
+    struct io_uring_cqe *cqe = NULL;
+    if (timeout_ns < 0) timeout_ns = 0;
+    struct __kernel_timespec ts = {.tv_sec = timeout_ns / 1000000000, .tv_nsec = timeout_ns % 1000000000};
+    int rc;
+    do {
+        rc = io_uring_submit_and_wait_timeout(&ring->ring, &cqe, 1, &ts, NULL);
+    } while (rc == -EINTR);
+    if (rc < 0) return rc;
+    // liburing 2.3 returns the number of requests it submitted, without a completion, when the
+    // wait timed out (later versions return -ETIME): no completion after a wait is a timeout.
+    if (cqe == NULL) return -ETIME;
+    fill(out, cqe);
+    io_uring_cqe_seen(&ring->ring, cqe);
+    return 0;
+}
+
 int CShmLinux_uring_peek(CShmLinux_uring *ring, CShmLinux_completion *out) {
     struct io_uring_cqe *cqe = NULL;
     if (io_uring_peek_cqe(&ring->ring, &cqe) != 0 || cqe == NULL) return 0;

@@ -1,4 +1,5 @@
 import CShmAtomics
+import CShmTestSupport
 import ShmRing
 import ShmRingTestSupport
 
@@ -43,7 +44,7 @@ enum WakeCommands {
         consumer.detach()
     }
 
-    /// `--key K --rounds N --side ping|pong [--size S]`: one side of a round trip in which both
+    /// `--key K --rounds N --side ping|pong [--size S] [--cpu C]`: one side of a round trip in which both
     /// sides block. Each creates its own ring (`K-ping` or `K-pong`), attaches to the other's,
     /// and then: ping publishes and waits for the pong, pong waits for the ping and answers.
     /// Reports `rounds=`, `sleeps=` (waits that slept), `woken=`, `rtt_p50_ns=`, `rtt_p99_ns=`
@@ -53,6 +54,7 @@ enum WakeCommands {
         let rounds = options.int("rounds")
         let ping = options.string("side") == "ping"
         let message = [UInt8](repeating: 7, count: options.int("size", default: 64))
+        if options.has("cpu") { _ = CShmTestSupport_pin_thread_to_cpu(Int32(options.int("cpu"))) }
         let producer = try RingProducer(key: key + (ping ? "-ping" : "-pong"))
         var found: RingConsumer?
         for _ in 0..<20_000 where found == nil {
@@ -90,9 +92,11 @@ enum WakeCommands {
         PeerRuntime.report("wakes=\(producer.wakes)")
         PeerRuntime.report("fallback=\(consumer.sleepFallbackReason ?? "none")")
         if ping {
-            samples.sort()
-            PeerRuntime.report("rtt_p50_ns=\(samples[rounds / 2])")
-            PeerRuntime.report("rtt_p99_ns=\(samples[rounds * 99 / 100])")
+            // The first tenth (at most 1 000 rounds) is warm-up.
+            let measured = Array(samples[min(1000, rounds / 10)...]).sorted()
+            PeerRuntime.report("rtt_p50_ns=\(measured[measured.count / 2])")
+            PeerRuntime.report("rtt_p99_ns=\(measured[measured.count * 99 / 100])")
+            PeerRuntime.report("rtt_p999_ns=\(measured[measured.count * 999 / 1000])")
         }
         // The last answer must be read before this side's ring goes.
         if !ping { while producer.activeConsumerCount > 0 { usleep(1000) } }

@@ -34,15 +34,15 @@ extension MultiProcess {
             getenv("SHMRING_WAKE_ROUNDS").flatMap { Int(String(cString: $0)) } ?? 100_000
         }
 
-        /// A producer peer on a 64 KiB ring that waits for two consumers, then publishes
+        /// A producer peer on a 64 KiB ring that waits for `consumers` consumers, then publishes
         /// `messages` generated messages with a pause after every `pauseEvery`.
-        func burstyProducer(key: String, messages: Int, maxSize: Int, pauseEvery: Int, pauseMicroseconds: Int)
-            throws -> ChildProcess
-        {
+        func burstyProducer(
+            key: String, consumers: Int = 2, messages: Int, maxSize: Int, pauseEvery: Int, pauseMicroseconds: Int
+        ) throws -> ChildProcess {
             let producer = try ChildProcess(
                 TestPeer.forHeavyLoops,
                 [
-                    "ring-produce", "--key", key, "--count", "\(messages)", "--wait-consumers", "2",
+                    "ring-produce", "--key", key, "--count", "\(messages)", "--wait-consumers", "\(consumers)",
                     "--capacity", "\(1 << 16)", "--max-size", "\(maxSize)", "--large-every", "0",
                     "--pause-every", "\(pauseEvery)", "--pause-us", "\(pauseMicroseconds)",
                 ])
@@ -50,15 +50,15 @@ extension MultiProcess {
             return producer
         }
 
-        /// Two blocking consumers receive every message of bursty traffic (a pause after every
+        /// Four blocking consumers receive every message of bursty traffic (a pause after every
         /// few messages puts them to sleep), each one checked; the producer wakes at most once
         /// per announced wait, and waking takes it no system call while nobody sleeps.
         @Test func blockingConsumersReceiveEveryMessageOfBurstyTraffic() throws {
             let key = uniqueKey()
             let messages = 20_000
             let producer = try burstyProducer(
-                key: key, messages: messages, maxSize: 128, pauseEvery: 7, pauseMicroseconds: 50)
-            let readers = try (0..<2).map { _ in
+                key: key, consumers: 4, messages: messages, maxSize: 128, pauseEvery: 7, pauseMicroseconds: 50)
+            let readers = try (0..<4).map { _ in
                 try ChildProcess(
                     TestPeer.forHeavyLoops,
                     ["ring-wait-consume", "--key", key, "--count", "\(messages)", "--timeout-ms", "2000"])
@@ -78,7 +78,7 @@ extension MultiProcess {
             #expect(producer.wait(timeout: .seconds(300)) == .exited(0), "\(producer.standardError)")
             let wakes = Int(producer.results["wakes"] ?? "") ?? -1
             #expect(wakes > 0 && wakes <= announced, "\(wakes) wakes for \(announced) announced waits")
-            print("wake-up, bursty: \(wakes) wakes for \(announced) announced waits of 2 consumers")
+            print("wake-up, bursty: \(wakes) wakes for \(announced) announced waits of 4 consumers")
         }
 
         /// Sleep and wake, many times, between two processes that both block: a round trip in

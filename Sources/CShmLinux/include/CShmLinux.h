@@ -207,6 +207,9 @@ int CShmLinux_uring_submit(CShmLinux_uring *ring);
 /// Waits up to `timeout_ns` (negative: forever) for one completion and consumes it. Returns 0,
 /// -ETIME on timeout, or another negative errno value.
 int CShmLinux_uring_wait(CShmLinux_uring *ring, int64_t timeout_ns, CShmLinux_completion *out);
+/// Submits what was queued and waits up to `timeout_ns` for one completion, in one system call
+/// (`io_uring_submit_and_wait_timeout`), and consumes it. Returns 0, -ETIME, or a negative errno.
+int CShmLinux_uring_submit_and_wait(CShmLinux_uring *ring, int64_t timeout_ns, CShmLinux_completion *out);
 /// Consumes one completion if one is ready: 1 if so, 0 if none.
 int CShmLinux_uring_peek(CShmLinux_uring *ring, CShmLinux_completion *out);
 /// The kernel's IORING_OP_FUTEX_WAIT is usable here: 1, 0 (not supported), or a negative errno.

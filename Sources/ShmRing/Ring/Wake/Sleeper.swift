@@ -43,6 +43,7 @@ final class Sleeper {
             reason = "this kernel's io_uring has no FUTEX_WAIT (6.7 or later needed)"
         } else {
             var error: Int32 = 0
+            // No IORING_SETUP_SINGLE_ISSUER: a consumer may be used from one thread, then another.
             made = CShmLinux_uring_create(8, &error)
             if made == nil { reason = "io_uring_setup failed: \(Errno(rawValue: error))" }
         }
@@ -66,9 +67,7 @@ final class Sleeper {
             }
             pollArmed = true
         }
-        guard CShmLinux_uring_prep_futex_wait(ring, word, expected, futexTag) == 0,
-            CShmLinux_uring_submit(ring) >= 0
-        else {
+        guard CShmLinux_uring_prep_futex_wait(ring, word, expected, futexTag) == 0 else {
             return fallbackSleep(on: word, expected: expected, connection: connection, timeout)
         }
         let deadline = ContinuousClock.now + timeout
@@ -84,9 +83,13 @@ final class Sleeper {
                 else { return giveUp("io_uring could not cancel a futex wait", outcome!) }
                 cancelled = true
             }
-            let remaining = outcome == nil ? (deadline - ContinuousClock.now).clampedNanoseconds : -1
             var completion = CShmLinux_completion()
-            let rc = CShmLinux_uring_wait(ring, outcome == nil ? max(remaining, 0) : -1, &completion)
+            // The first wait also submits the futex wait (and a new poll): one system call.
+            let rc =
+                outcome == nil
+                ? CShmLinux_uring_submit_and_wait(
+                    ring, max((deadline - ContinuousClock.now).clampedNanoseconds, 0), &completion)
+                : CShmLinux_uring_wait(ring, -1, &completion)
             if rc == -ETIME {
                 outcome = .timedOut
                 continue
