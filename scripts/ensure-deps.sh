@@ -32,4 +32,6 @@ shmring_need_package liburing-dev /usr/include/liburing.h
 shmring_need_package valgrind /usr/bin/valgrind
 # The wake-up protocol's model (Tests/Models/wakeup.pml) is checked with Spin.
 shmring_need_package spin /usr/bin/spin
+# System calls of a whole `shmring pub` run are counted with strace.
+shmring_need_package strace /usr/bin/strace
 shmring_need_package binutils /usr/bin/objcopy

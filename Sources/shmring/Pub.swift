@@ -101,10 +101,8 @@ struct Pub: ParsableCommand {
         printError(
             "shmring pub: serving \(key) (capacity \(capacity), max message \(producer.maxMessageLength) bytes, "
                 + "segment \(producer.segmentID))")
-        while producer.activeConsumerCount < waitConsumers {
-            if stopRequested { break }
-            usleep(1000)
-        }
+        // Blocks (a tenth of a second at a time, to see SIGINT/SIGTERM): no poll loop.
+        while !stopRequested && !producer.waitForConsumers(waitConsumers, timeout: .milliseconds(100)) {}
         var published: UInt64 = 0
         var bytes: UInt64 = 0
         var backPressured: UInt64 = 0

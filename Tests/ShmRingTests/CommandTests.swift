@@ -178,6 +178,33 @@ extension MultiProcess {
             #expect(publisher.wait(timeout: .seconds(60)) == .exited(0))
         }
 
+        /// A whole `shmring pub` run of 3 000 000 messages to one spinning subscriber makes fewer
+        /// than 0.001 system calls per message, start-up, rendezvous and the wait for the
+        /// subscriber included (`strace -f -c`): publishing makes none, waiting blocks.
+        @Test func aPublisherMakesAlmostNoSystemCalls() throws {
+            let key = uniqueKey()
+            let report = "/tmp/shmring-strace-\(getpid()).txt"
+            defer { unlink(report) }
+            let messages = 3_000_000
+            let publisher = try ChildProcess(
+                "/usr/bin/strace",
+                [
+                    "-f", "-c", "-o", report, ShmRingExecutable.path, "pub", key, "--count", "\(messages)",
+                    "--wait-consumers", "1",
+                ])
+            #expect(waitFor(publisher, stderrContains: "serving \(key)"))
+            let reader = try shmring(["sub", key, "--from", "oldest", "--format", "none", "--idle", "spin"])
+            #expect(reader.wait(timeout: .seconds(300)) == .exited(0), "\(reader.standardError)")
+            #expect(reader.standardError.contains("\(messages) messages"), "\(reader.standardError)")
+            #expect(publisher.wait(timeout: .seconds(300)) == .exited(0), "\(publisher.standardError)")
+            let text = try String(contentsOfFile: report, encoding: .utf8)
+            // The last line: "100.00 seconds usecs calls errors total".
+            let total = text.split(separator: "\n").last { $0.hasSuffix("total") }?.split(separator: " ")
+            let calls = total.flatMap { $0.count >= 4 ? Int($0[3]) : nil } ?? -1
+            #expect(calls > 0 && calls * 1000 < messages, "\(calls) system calls for \(messages) messages:\n\(text)")
+            print("shmring pub: \(calls) system calls for \(messages) messages")
+        }
+
         @Test func badInputIsOneLineAndANonZeroStatus() throws {
             let segment = SharedMemory(key: uniqueKey())
             try segment.create(size: 64)

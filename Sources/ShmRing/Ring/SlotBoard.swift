@@ -1,4 +1,5 @@
 import CShmAtomics
+import CShmLinux
 import SystemPackage
 
 #if canImport(Glibc)
@@ -51,6 +52,9 @@ final class SlotBoard: @unchecked Sendable {
     private var handedOut: [Bool]
     private(set) var inUse: [Bool]
     private var lastGeneration: UInt64 = 0
+    /// How many slots are handed out: a private futex word, changed on this thread and woken for
+    /// the producer's `waitForConsumers`.
+    let occupancy: UnsafeMutablePointer<UInt32>
 
     init(key: String, count: Int) throws(RingError) {
         let size = count * RingLayout.slotSize
@@ -65,6 +69,8 @@ final class SlotBoard: @unchecked Sendable {
         self.count = count
         self.key = key
         control = SlotControls(count: count)
+        occupancy = .allocate(capacity: 1)
+        occupancy.initialize(to: 0)
         segments = []
         handedOut = Array(repeating: false, count: count)
         inUse = Array(repeating: false, count: count)
@@ -75,6 +81,7 @@ final class SlotBoard: @unchecked Sendable {
                 for segment in segments { segment.close() }
                 munmap(base, size)
                 control.words.deallocate()
+                occupancy.deallocate()
                 throw error
             }
         }
@@ -84,6 +91,7 @@ final class SlotBoard: @unchecked Sendable {
         for segment in segments { segment.close() }
         munmap(base, count * RingLayout.slotSize)
         control.words.deallocate()
+        occupancy.deallocate()
     }
 
     func page(_ index: Int) -> UnsafeMutableRawPointer { base + index * RingLayout.slotSize }
@@ -130,6 +138,7 @@ final class SlotBoard: @unchecked Sendable {
         // follows its load of the consumer's `active` (the consumer stores `active` only after
         // receiving the reply sent after this store).
         CShmAtomics_u64_store_release(control.generation(slot), generation)
+        changeOccupancy(by: 1)
         return (slot, generation, segments[slot].descriptor)
     }
 
@@ -139,5 +148,14 @@ final class SlotBoard: @unchecked Sendable {
         // Release: pairs with the producer's acquire load in sampleSlot (the slot is then free).
         CShmAtomics_u64_store_release(control.generation(slot), 0)
         inUse[slot] = false
+        changeOccupancy(by: -1)
+    }
+
+    /// Release: a waiter that sees the new count sees the slot's state. Partner: the acquire load
+    /// in RingProducer.waitForConsumers.
+    private func changeOccupancy(by delta: Int32) {
+        CShmAtomics_u32_store_release(
+            occupancy, UInt32(bitPattern: Int32(bitPattern: CShmAtomics_u32_load_relaxed(occupancy)) &+ delta))
+        _ = CShmLinux_futex_wake(occupancy, Int32.max, true)
     }
 }

@@ -100,9 +100,14 @@ package final class Segment {
     ) throws(SegmentError) -> Segment {
         guard size > 0, size <= maximumSize else { throw .invalidSize(size, maximum: maximumSize) }
         let mappedSize = roundUpToPage(size)
-        let budget = MemoryBudget.current()
-        guard mappedSize <= budget.available else {
-            throw .outOfResources(requested: mappedSize, available: budget.available, limit: budget.source)
+        // The memory budget (/proc and cgroup files: a dozen system calls) for anything bigger
+        // than a few pages; a ring's slot pages and doorbell are not worth reading it for, and
+        // a failure to allocate them is still `.outOfResources` (below).
+        if mappedSize > smallSegmentSize {
+            let budget = MemoryBudget.current()
+            guard mappedSize <= budget.available else {
+                throw .outOfResources(requested: mappedSize, available: budget.available, limit: budget.source)
+            }
         }
         // RLIMIT_FSIZE applies to memfds: past it, fallocate does fail with EFBIG, but the kernel
         // also sends SIGXFSZ, whose default action ends the process. Answer before that.
@@ -134,11 +139,15 @@ package final class Segment {
             // Once mapped, the segment owns the descriptor: close through it, exactly once.
             if let segment { segment.close() } else { descriptor.closeIgnoringErrors() }
             if error.errno == .noMemory || error.errno == .noSpace {
-                throw .outOfResources(requested: mappedSize, available: budget.available, limit: error.description)
+                throw .outOfResources(
+                    requested: mappedSize, available: MemoryBudget.current().available, limit: error.description)
             }
             throw .system(error)
         }
     }
+
+    /// Segments up to this size skip the memory-budget check at creation.
+    static let smallSegmentSize = 64 << 10
 
     /// Maps an existing segment received from another process (or a second time in this one).
     ///

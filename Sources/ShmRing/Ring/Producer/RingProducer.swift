@@ -152,6 +152,29 @@ public final class RingProducer {
         }
     }
 
+    /// Waits until at least `count` consumers are attached, or `timeout` passes; true if they
+    /// are. Sleeps on the rendezvous server's count of handed-out slots (woken at every attach
+    /// and detach), and polls only while a join is under way (an attached consumer counts once it
+    /// has joined): a few system calls per consumer, not a poll loop.
+    public func waitForConsumers(_ count: Int, timeout: Duration) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while activeConsumerCount < count {
+            let now = ContinuousClock.now
+            guard now < deadline else { return false }
+            // Acquire: pairs with SlotBoard.changeOccupancy.
+            let handedOut = CShmAtomics_u32_load_acquire(slots.occupancy)
+            if Int(handedOut) >= count {
+                // Joins in flight: they take well under a millisecond.
+                usleep(100)
+                continue
+            }
+            let nanoseconds = (deadline - now).clampedNanoseconds
+            var time = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
+            _ = CShmLinux_futex_wait(slots.occupancy, handedOut, &time, true)
+        }
+        return true
+    }
+
     /// Registers this process for expedited membarriers (once): then a consumer about to sleep
     /// can make this process's threads pass a full barrier, and publishing needs none of its own.
     /// False where the kernel or a seccomp filter refuses (the producer then fences on every
