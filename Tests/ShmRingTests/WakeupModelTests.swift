@@ -13,11 +13,11 @@ extension MultiProcess {
     /// re-check after announcing, no fence on the waking side) makes Spin report a lost wake-up.
     /// Needs `spin` (scripts/test installs it) and a C compiler (the toolchain's clang).
     @Suite struct WakeupModelTests {
-        /// Runs Spin's verifier on the model with `defines`; returns its report.
-        func verify(_ defines: [String], progress: Bool = false) throws -> String {
+        /// Runs Spin's verifier on `model` (in Tests/Models) with `defines`; returns its report.
+        func verify(_ defines: [String], progress: Bool = false, model name: String = "wakeup.pml") throws -> String {
             let model = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-                .appendingPathComponent("../Models/wakeup.pml").standardizedFileURL.path
-            let directory = "/tmp/shmring-spin-\(getpid())-\(defines.joined())\(progress ? "-np" : "")"
+                .appendingPathComponent("../Models/\(name)").standardizedFileURL.path
+            let directory = "/tmp/shmring-spin-\(getpid())-\(name)-\(defines.joined())\(progress ? "-np" : "")"
             mkdir(directory, 0o700)
             defer { _ = try? FileManager.default.removeItem(atPath: directory) }
             let flags = defines.map { "-D\($0)" }.joined(separator: " ")
@@ -47,6 +47,16 @@ extension MultiProcess {
             let report = try verify([], progress: true)
             #expect(report.contains("non-progress cycles \t+ (fairness enabled)"), "\(report)")
             #expect(report.contains("errors: 0"), "\(report)")
+        }
+
+        /// Two consumers share the doorbell (Tests/Models/wakeup-consumers.pml): both read every
+        /// message; a consumer that overwrote any announcement ahead of its own, without looking
+        /// at the epoch again, would lower another's newer one and leave it asleep (the mutant).
+        @Test func consumersSharingTheDoorbellLoseNoWakeUp() throws {
+            let report = try verify([], model: "wakeup-consumers.pml")
+            #expect(report.contains("invalid end states\t+") && report.contains("errors: 0"), "\(report)")
+            let mutant = try verify(["NAIVE_ANNOUNCE"], model: "wakeup-consumers.pml")
+            #expect(mutant.contains("pan:1: invalid end state") && mutant.contains("errors: 1"), "\(mutant)")
         }
 
         /// NO_RECHECK: the side about to sleep does not look for data (or space) again after
