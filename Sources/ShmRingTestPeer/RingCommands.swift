@@ -20,7 +20,7 @@ enum RingCommands {
 
     /// `--key K --count N (0: until killed) [--capacity C] [--max-size M] [--large-every E]
     /// [--wait-consumers W] [--initial-position P] [--seed S] [--batch B] [--pause-every E2
-    /// --pause-us U]`: creates the ring, waits for W consumers, publishes N generated messages
+    /// --pause-us U] [--idle block]`: creates the ring, waits for W consumers, publishes N generated messages
     /// (sizes mostly 24 ... M, every E-th one up to the ring's maximum; a pause of U µs after
     /// every E2, so that consumers that block go to sleep), then waits for the consumers to detach.
     static func produce(_ options: PeerOptions) throws {
@@ -53,6 +53,8 @@ enum RingCommands {
         var backPressured = 0
         var evictionsSeen: UInt64 = 0
         let started = now()
+        // `--idle block`: sleep on a full ring until the consumer holding it back reads on.
+        let fullRingIdle = options.has("idle") && options.string("idle") == "block" ? IdleStrategy.block() : idle
         let pauseEvery = UInt64(max(0, options.int("pause-every", default: 0)))
         let pauseMicroseconds = UInt32(max(0, options.int("pause-us", default: 0)))
         var nextPause = pauseEvery
@@ -89,7 +91,7 @@ enum RingCommands {
             }
             while try producer.publish(UnsafeRawBufferPointer(message)) == .backPressured {
                 backPressured += 1
-                idle.idle(&spins)
+                producer.idle(using: fullRingIdle, rounds: &spins)
             }
             if count > 0 && sequence == UInt64(count / 2) { PeerRuntime.ready("half") }
             if sequence & 1023 == 0 && producer.evictions != evictionsSeen {
@@ -112,6 +114,7 @@ enum RingCommands {
         if let log { fflush(log) }  // complete before "published": the test reads it then
         PeerRuntime.report("published=\(sequence)")
         PeerRuntime.report("wakes=\(producer.wakes)")
+        PeerRuntime.report("space_sleeps=\(producer.spaceSleeps)")
         PeerRuntime.report("back_pressured=\(backPressured)")
         PeerRuntime.report("elapsed_ns=\(elapsed)")
         PeerRuntime.ready("published")
@@ -279,6 +282,7 @@ enum RingCommands {
         PeerRuntime.report("demoted=\(consumer.isDemoted ? 1 : 0)")
         PeerRuntime.report("demoted_errors=\(demoted)")
         PeerRuntime.report("cannot_keep_up=\(cannotKeepUp)")
+        PeerRuntime.report("producer_wakes=\(consumer.producerWakes)")
         consumer.detach()
     }
 

@@ -51,6 +51,12 @@ struct Pub: ParsableCommand {
     @Option(help: "Record alignment in bytes (8 ... 4096; 64 suits feeds of 48-byte messages and up).")
     var alignment = 16
 
+    @Option(
+        help:
+            "How to wait on a full ring: spin, yield, backoff, or block (sleep until the consumer holding it back reads on)."
+    )
+    var idle: String = "backoff"
+
     @Option(help: "Put the key's socket in this directory instead of the abstract namespace.")
     var dir: String?
 
@@ -85,7 +91,14 @@ struct Pub: ParsableCommand {
         guard linger.isFinite, linger >= 0, linger <= 1e6 else {
             throw invalid("--linger \(linger) is not within 0 ... 1e6 seconds")
         }
+        guard idleStrategy(named: idle) != nil else {
+            throw invalid("--idle \(idle): expected spin, yield, backoff or block")
+        }
     }
+
+    /// How to wait on a full ring; a blocking wait lasts a tenth of a second at most, so that
+    /// SIGINT and SIGTERM are seen.
+    var fullRing: IdleStrategy { idleStrategy(named: idle, blockTimeout: .milliseconds(100))! }
 
     func run() throws {
         CShmLinux_install_stop_signals()
@@ -126,7 +139,7 @@ struct Pub: ParsableCommand {
             // As a batch: its end also publishes the producer's tail and counters, which otherwise
             // lag by up to 64 records, so that `stat` shows the final figures while pub lingers.
             endPublished = try producer.batch { try $0.publish([], type: StreamRecord.endOfStream) } == .published
-            if !endPublished { IdleStrategy.backoff.idle(&rounds) }
+            if !endPublished { producer.idle(using: fullRing, rounds: &rounds) }
         }
         let lingerEnd = monotonicNanoseconds() &+ UInt64(linger * 1e9)
         while !stopped && !stopRequested && monotonicNanoseconds() < lingerEnd && producer.activeConsumerCount > 0 {
@@ -168,7 +181,7 @@ struct Pub: ParsableCommand {
                 if result == .published { break }
                 backPressured += 1
                 if stopRequested { return }
-                IdleStrategy.backoff.idle(&rounds)
+                producer.idle(using: fullRing, rounds: &rounds)
             }
             sequence += 1
             published += 1
@@ -191,7 +204,7 @@ struct Pub: ParsableCommand {
             while try producer.publish(line, type: StreamRecord.raw) == .backPressured {
                 backPressured += 1
                 if stopRequested { return }
-                IdleStrategy.backoff.idle(&rounds)
+                producer.idle(using: fullRing, rounds: &rounds)
             }
             published += 1
             bytes += UInt64(line.count)

@@ -46,7 +46,7 @@ extension MultiProcess {
             let key = uniqueKey()
             let publisher = try shmring([
                 "pub", key, "--count", "20000", "--size", "100", "--wait-consumers", "2", "--linger", "30",
-                "--rate", "200000",
+                "--rate", "200000", "--idle", "block",
             ])
             #expect(waitFor(publisher, stderrContains: "serving \(key)"))
             let readers = try ["spin", "block"].map { idle in
@@ -213,6 +213,7 @@ extension MultiProcess {
                 (["pub", "named", "--capacity", "2048"], "named: --capacity"),
                 (["pub", "named", "--rate", "0"], "named: --rate"),
                 (["pub", "named", "--linger", "inf"], "named: --linger"),
+                (["pub", "named", "--idle", "nap"], "named: --idle nap"),
                 (["pub", "named", "--wait-consumers", "9", "--max-consumers", "4"], "named: --wait-consumers"),
                 (["pub", uniqueKey(), "--capacity", "lots"], "capacity"),
                 (["pub", uniqueKey(), "--size", "10"], "minimum of 24"),

@@ -29,7 +29,10 @@ import Testing
             "tail": RingLayout.Producer.tail, "tail_sequence": RingLayout.Producer.tailSequence,
             "limit": RingLayout.Producer.limit,
         ],
-        "Wake-up group": ["data_epoch": RingLayout.Wake.dataEpoch, "wakes": RingLayout.Wake.wakes],
+        "Wake-up group": [
+            "data_epoch": RingLayout.Wake.dataEpoch, "wakes": RingLayout.Wake.wakes,
+            "producer_waiting": RingLayout.Wake.producerWaiting, "producer_sleeps": RingLayout.Wake.producerSleeps,
+        ],
         "Doorbell": ["magic": RingLayout.Doorbell.magicOffset, "data_waiting": RingLayout.Doorbell.dataWaiting],
         "Counters": [
             "published_messages": RingLayout.Counters.publishedMessages,
@@ -51,6 +54,7 @@ import Testing
             "lapped_bytes": RingLayout.Slot.lappedBytes, "joined": RingLayout.Slot.joined,
             "lag_limit_bytes": RingLayout.Slot.lagLimitBytes,
             "lag_limit_nanoseconds": RingLayout.Slot.lagLimitNanoseconds, "sleeping": RingLayout.Slot.sleeping,
+            "space_epoch": RingLayout.Slot.spaceEpoch,
             "sleeps": RingLayout.Slot.sleeps, "woken": RingLayout.Slot.woken,
             "announced": RingLayout.Slot.announced,
             "generation": RingLayout.Slot.generation, "notice": RingLayout.Slot.notice,

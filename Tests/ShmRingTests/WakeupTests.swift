@@ -152,6 +152,37 @@ extension MultiProcess {
             print("wake-up, hostile doorbell: producer \(producer.results), consumer \(reader.results)")
         }
 
+        /// A producer that blocks on a full ring (the mirrored direction) is woken when the slow
+        /// gating consumer reads on, and publishes everything; no wait runs to its timeout.
+        @Test func aProducerBlockedOnAFullRingWakesWhenAConsumerDrains() throws {
+            let key = uniqueKey()
+            let messages = 20_000
+            let producer = try ChildProcess(
+                TestPeer.forHeavyLoops,
+                [
+                    "ring-produce", "--key", key, "--count", "\(messages)", "--wait-consumers", "1",
+                    "--capacity", "4096", "--max-size", "64", "--large-every", "0", "--idle", "block",
+                ])
+            try #require(producer.waitForReady("created"))
+            // Gating, and slow: a 1 ms nap every 200 messages, so the 4 KiB ring fills up.
+            let reader = try ChildProcess(
+                TestPeer.forHeavyLoops,
+                [
+                    "ring-consume-lossy", "--key", key, "--until", "\(messages)", "--policy", "gating",
+                    "--sleep-every", "200", "--sleep-us", "1000",
+                ])
+            #expect(reader.wait(timeout: .seconds(300)) == .exited(0), "\(reader.standardError)")
+            #expect(reader.results["delivered"] == "\(messages)", "\(reader.results)")
+            #expect(reader.results["corrupted"] == "0" && reader.results["lapped_messages"] == "0", "\(reader.results)")
+            #expect(
+                Int(reader.results["producer_wakes"] ?? "") ?? 0 > 0, "it never woke the producer: \(reader.results)")
+            #expect(producer.wait(timeout: .seconds(120)) == .exited(0), "\(producer.standardError)")
+            let results = producer.results
+            #expect(results["published"] == "\(messages)")
+            #expect(Int(results["space_sleeps"] ?? "") ?? 0 > 0, "it never slept on the full ring: \(results)")
+            print("wake-up, full ring: producer \(results)")
+        }
+
         /// A consumer blocked for two seconds uses under 1 % of a CPU (user + system time from
         /// /proc/PID/stat, in clock ticks).
         @Test func aBlockedConsumerUsesAlmostNoCPU() throws {

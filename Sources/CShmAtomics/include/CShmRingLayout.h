@@ -167,7 +167,15 @@ typedef struct {
     uint32_t reserved0;
     /// How many wakes the producer issued (one FUTEX_WAKE each, however many slept).
     uint64_t wakes;
-    uint8_t reserved[CSHMRING_GROUP - 16];
+    uint8_t reserved1[CSHMRING_LINE - 16];
+    // Second line: read by gating consumers after every poll that moved their cursor, written by
+    // the producer only when it goes to sleep on a full ring and when it wakes.
+    /// The producer sleeps for space: `slot << 32 | (space_epoch + 1)` of the consumer holding it
+    /// back (that consumer's slot page holds `space_epoch`); 0 while it does not.
+    uint64_t producer_waiting;
+    /// How many times the producer slept on a full ring.
+    uint64_t producer_sleeps;
+    uint8_t reserved2[CSHMRING_LINE - 16];
 } CShmRing_wake;
 
 /// The header memfd: configuration, producer, counters, boundary index, wake-up group; the data
@@ -229,7 +237,9 @@ typedef struct {
     // Sleeping line: written by the consumer (statistics; the producer never reads it).
     /// 1 while the consumer is inside a wait (announced, or asleep).
     uint32_t sleeping;
-    uint32_t reserved1;
+    /// The producer's futex word when this consumer holds it back on a full ring: the consumer
+    /// adds 1 before it wakes the producer.
+    uint32_t space_epoch;
     /// Waits that went to sleep (the kernel queued the consumer).
     uint64_t sleeps;
     /// Waits that ended because the producer woke the consumer.
@@ -287,6 +297,8 @@ enum {
     CSHMRING_BOUNDARY_SEQUENCE = offsetof(CShmRing_boundary, sequence),
     CSHMRING_OFFSET_DATA_EPOCH = offsetof(CShmRing_header, wake.data_epoch),
     CSHMRING_OFFSET_WAKES = offsetof(CShmRing_header, wake.wakes),
+    CSHMRING_OFFSET_PRODUCER_WAITING = offsetof(CShmRing_header, wake.producer_waiting),
+    CSHMRING_OFFSET_PRODUCER_SLEEPS = offsetof(CShmRing_header, wake.producer_sleeps),
     // The doorbell page.
     CSHMRING_DOORBELL_MAGIC_OFFSET = offsetof(CShmRing_doorbell, magic),
     CSHMRING_DOORBELL_DATA_WAITING = offsetof(CShmRing_doorbell, data_waiting),
@@ -307,6 +319,7 @@ enum {
     CSHMRING_SLOT_LAG_LIMIT_BYTES = offsetof(CShmRing_slot, lag_limit_bytes),
     CSHMRING_SLOT_LAG_LIMIT_NANOSECONDS = offsetof(CShmRing_slot, lag_limit_nanoseconds),
     CSHMRING_SLOT_SLEEPING = offsetof(CShmRing_slot, sleeping),
+    CSHMRING_SLOT_SPACE_EPOCH = offsetof(CShmRing_slot, space_epoch),
     CSHMRING_SLOT_SLEEPS = offsetof(CShmRing_slot, sleeps),
     CSHMRING_SLOT_WOKEN = offsetof(CShmRing_slot, woken),
     CSHMRING_SLOT_ANNOUNCED = offsetof(CShmRing_slot, announced),
@@ -325,6 +338,7 @@ _Static_assert(offsetof(CShmRing_header, counters) == 256, "counters");
 _Static_assert(offsetof(CShmRing_header, boundaries) == 384, "boundary index");
 _Static_assert(offsetof(CShmRing_header, wake) == 896, "wake-up group");
 _Static_assert(sizeof(CShmRing_wake) == CSHMRING_GROUP, "the wake-up group is one group");
+_Static_assert(offsetof(CShmRing_wake, producer_waiting) == CSHMRING_LINE, "producer_waiting has its own line");
 _Static_assert(sizeof(CShmRing_header) <= CSHMRING_DATA_OFFSET, "the header fits before the data");
 _Static_assert(sizeof(CShmRing_doorbell) <= CSHMRING_DOORBELL_PAGE, "the doorbell fits its page");
 _Static_assert(sizeof(CShmRing_record) == CSHMRING_RECORD_HEADER, "record header");

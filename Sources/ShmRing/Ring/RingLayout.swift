@@ -64,6 +64,9 @@ enum RingLayout {
         /// The consumers' futex word (32 bits).
         @inlinable static var dataEpoch: Int { Int(CSHMRING_OFFSET_DATA_EPOCH) }
         @inlinable static var wakes: Int { Int(CSHMRING_OFFSET_WAKES) }
+        /// `slot << 32 | (space_epoch + 1)` while the producer sleeps on a full ring (64 bits).
+        @inlinable static var producerWaiting: Int { Int(CSHMRING_OFFSET_PRODUCER_WAITING) }
+        @inlinable static var producerSleeps: Int { Int(CSHMRING_OFFSET_PRODUCER_SLEEPS) }
     }
 
     /// The doorbell page (a memfd of its own, writable by every consumer).
@@ -124,6 +127,8 @@ enum RingLayout {
         @inlinable static var lagLimitBytes: Int { Int(CSHMRING_SLOT_LAG_LIMIT_BYTES) }
         @inlinable static var lagLimitNanoseconds: Int { Int(CSHMRING_SLOT_LAG_LIMIT_NANOSECONDS) }
         @inlinable static var sleeping: Int { Int(CSHMRING_SLOT_SLEEPING) }
+        /// The producer's futex word while this consumer holds it back (32 bits).
+        @inlinable static var spaceEpoch: Int { Int(CSHMRING_SLOT_SPACE_EPOCH) }
         @inlinable static var sleeps: Int { Int(CSHMRING_SLOT_SLEEPS) }
         @inlinable static var woken: Int { Int(CSHMRING_SLOT_WOKEN) }
         @inlinable static var announced: Int { Int(CSHMRING_SLOT_ANNOUNCED) }

@@ -1,4 +1,5 @@
 import CShmAtomics
+import CShmLinux
 
 /// A consumer's own slot page, as the consumer writes it: its cursor and counters, its
 /// registration, and the producer's notices to it (docs/layout.md, "Consumer slot").
@@ -50,5 +51,37 @@ struct ConsumerSlot {
         CShmAtomics_u64_store_relaxed(word(RingLayout.Slot.deliveredBytes), state.pointee.deliveredBytes)
         CShmAtomics_u64_store_relaxed(word(RingLayout.Slot.lappedMessages), state.pointee.lappedMessages)
         CShmAtomics_u64_store_relaxed(word(RingLayout.Slot.lappedBytes), state.pointee.lappedBytes)
+        wakeProducerIfWaiting(state)
+    }
+
+    /// After a cursor store: wakes the producer if it sleeps on a full ring because of this
+    /// consumer (docs/wakeup.md, the mirrored direction). One load and a compare otherwise.
+    @inlinable @inline(__always)
+    func wakeProducerIfWaiting(_ state: UnsafeMutablePointer<ConsumerState>) {
+        // The Dekker pair with the producer about to sleep: cursor (store, above), then
+        // `producer_waiting` (load). The producer announces itself, then calls membarrier, which
+        // makes this thread pass a full barrier: only the compiler must keep the order here.
+        // Partner: RingProducer.waitForSpace (announce, membarrier, re-check the cursor).
+        if state.pointee.symmetricFence {
+            CShmAtomics_fence_seq_cst()
+        } else {
+            CShmAtomics_compiler_barrier()
+        }
+        // Relaxed: a hint that says whether to wake; the cursor was stored with release.
+        let waiting = CShmAtomics_u64_load_relaxed(state.pointee.view.word(RingLayout.Wake.producerWaiting))
+        if waiting == state.pointee.spaceWaitToken { wakeProducer(state) }
+    }
+
+    /// Moves this slot's space epoch on and wakes the producer sleeping on it.
+    @usableFromInline @inline(never)
+    func wakeProducer(_ state: UnsafeMutablePointer<ConsumerState>) {
+        let epoch = state.pointee.spaceEpoch &+ 1
+        state.pointee.spaceEpoch = epoch
+        state.pointee.spaceWaitToken = (state.pointee.spaceWaitToken & ~0xffff_ffff) | UInt64(epoch &+ 1)
+        // Release: the producer that reads the new epoch (acquire, before it announces) also sees
+        // the cursor stored before it. Partner: the acquire load in RingProducer.waitForSpace.
+        CShmAtomics_u32_store_release(word32(RingLayout.Slot.spaceEpoch), epoch)
+        _ = CShmLinux_futex_wake(word32(RingLayout.Slot.spaceEpoch), 1, false)
+        state.pointee.producerWakes &+= 1
     }
 }

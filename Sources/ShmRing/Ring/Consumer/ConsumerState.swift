@@ -47,6 +47,14 @@ struct ConsumerState {
     @usableFromInline var verifiedType: ObjectIdentifier?
     /// `detach()` ran: polling is `.closed` (the memory stays mapped until deinit).
     @usableFromInline var closed: Bool = false
+    /// The mirrored wake-up (docs/wakeup.md): the value of the header's `producer_waiting` that
+    /// means "the producer sleeps because of this consumer" (`slot << 32 | (space_epoch + 1)`),
+    /// and whether this process must fence before looking at it (membarrier refused).
+    @usableFromInline var spaceWaitToken: UInt64 = 0
+    @usableFromInline var spaceEpoch: UInt32 = 0
+    @usableFromInline var symmetricFence: Bool = false
+    /// How many times this consumer woke the producer.
+    @usableFromInline var producerWakes: UInt64 = 0
 
     @usableFromInline
     init(view: RingView, slot: ConsumerSlot) {

@@ -45,7 +45,7 @@ extension RingConsumer {
         // below). membarrier makes this thread and the producer's pass a full barrier, so the
         // producer either published before it (the look below finds the message) or reads the
         // doorbell after it (and wakes this epoch). Partner: RingWriter.wakeSleepersIfAny.
-        Self.fenceWithProducer()
+        Membarrier.fenceWithOthers()
         if hasMessage { return .ready }
         if sleeper == nil { sleeper = Sleeper() }
         // Relaxed: statistics.
@@ -93,6 +93,8 @@ extension RingConsumer {
     /// Waits that went to sleep, and those a wake ended (the rest timed out or saw the producer go).
     public var sleeps: UInt64 { CShmAtomics_u64_load_relaxed(slot.word(RingLayout.Slot.sleeps)) }
     public var wakeUps: UInt64 { CShmAtomics_u64_load_relaxed(slot.word(RingLayout.Slot.woken)) }
+    /// How many times this consumer woke the producer, asleep on a full ring because of it.
+    public var producerWakes: UInt64 { state.pointee.producerWakes }
     /// Waits that announced themselves to the producer (the rest found a message at once).
     public var announcedWaits: UInt64 { CShmAtomics_u64_load_relaxed(slot.word(RingLayout.Slot.announced)) }
 
@@ -141,17 +143,4 @@ extension RingConsumer {
         }
         return true
     }
-
-    /// The sleeper's half of the fence: `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, or a full
-    /// fence where the kernel refuses it (the producer then fences on every publish: it could not
-    /// register either, or a seccomp filter refuses the call in this process only — then wakes
-    /// can be missed and only the wait's timeout ends the sleep: docs/wakeup.md).
-    static func fenceWithProducer() {
-        if !membarrierRefused && CShmLinux_membarrier_global_expedited() == 0 { return }
-        membarrierRefused = true
-        CShmAtomics_fence_seq_cst()
-    }
-
-    /// membarrier failed once in this process: do not try again.
-    nonisolated(unsafe) static var membarrierRefused = false
 }

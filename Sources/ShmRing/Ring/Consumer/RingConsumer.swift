@@ -153,6 +153,10 @@ public final class RingConsumer {
         let slot = ConsumerSlot(page: slotSegment.baseAddress!, generation: generation)
         let state = UnsafeMutablePointer<ConsumerState>.allocate(capacity: 1)
         state.initialize(to: ConsumerState(view: view, slot: slot))
+        // The mirrored wake-up: "the producer sleeps because of slot N, epoch 0". (Registering
+        // this process for membarrier is what lets the producer's sleep make it fence.)
+        state.pointee.spaceWaitToken = UInt64(reply.slot) << 32 | 1
+        state.pointee.symmetricFence = !Membarrier.registered
         self.slot = slot
         self.state = state
         gating = GatingReader(state: state)

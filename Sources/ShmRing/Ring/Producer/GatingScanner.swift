@@ -118,6 +118,19 @@ struct GatingScanner {
         return position &- largestLag
     }
 
+    /// The gating consumer furthest behind, and its cursor (nil when no consumer gates): the one
+    /// a producer on a full ring waits for.
+    func slowestGatingSlot() -> (index: Int, cursor: UInt64)? {
+        let position = state.pointee.position
+        var slowest: (index: Int, cursor: UInt64, lag: UInt64)?
+        for index in 0..<slotCount {
+            guard case .gating(_, let cursor) = sampleSlot(index, position: position) else { continue }
+            let lag = position &- cursor
+            if slowest == nil || lag > slowest!.lag { slowest = (index, cursor, lag) }
+        }
+        return slowest.map { ($0.index, $0.cursor) }
+    }
+
     /// Reads one slot: the producer's private generation and policy, the consumer's `active` and
     /// cursor, each once, consistently (a slot that changed in between is read again), and
     /// validated. A registered gating consumer whose join was validated and whose cursor lies

@@ -74,6 +74,8 @@ struct WakeSide {
     @usableFromInline let symmetricFence: Bool
     @usableFromInline var dataEpoch: UInt32 = 0
     @usableFromInline var wakes: UInt64 = 0
+    /// Times the producer slept on a full ring.
+    @usableFromInline var spaceSleeps: UInt64 = 0
 
     init(doorbell: UnsafeMutablePointer<UInt32>, dataEpochWord: UnsafeMutablePointer<UInt32>, symmetricFence: Bool) {
         self.doorbell = doorbell

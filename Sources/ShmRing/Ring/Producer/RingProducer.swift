@@ -26,7 +26,7 @@ public final class RingProducer {
     public let key: String
     private let headerSegment: Segment
     private let doorbellSegment: Segment
-    private let slots: SlotBoard
+    let slots: SlotBoard
     private let server: RendezvousServer
     /// The segment's random identity.
     public let segmentID: SegmentID
@@ -137,7 +137,7 @@ public final class RingProducer {
                     doorbell: (doorbell.baseAddress! + RingLayout.Doorbell.dataWaiting).assumingMemoryBound(
                         to: UInt32.self),
                     dataEpochWord: view.word32(RingLayout.Wake.dataEpoch),
-                    symmetricFence: !Self.registerForMembarrier)))
+                    symmetricFence: !Membarrier.registered)))
         self.state = state
         self.writer = RingWriter(state: state)
         writeHeader(config, id: id)
@@ -151,35 +151,6 @@ public final class RingProducer {
             throw RingError(error, key: key)
         }
     }
-
-    /// Waits until at least `count` consumers are attached, or `timeout` passes; true if they
-    /// are. Sleeps on the rendezvous server's count of handed-out slots (woken at every attach
-    /// and detach), and polls only while a join is under way (an attached consumer counts once it
-    /// has joined): a few system calls per consumer, not a poll loop.
-    public func waitForConsumers(_ count: Int, timeout: Duration) -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while activeConsumerCount < count {
-            let now = ContinuousClock.now
-            guard now < deadline else { return false }
-            // Acquire: pairs with SlotBoard.changeOccupancy.
-            let handedOut = CShmAtomics_u32_load_acquire(slots.occupancy)
-            if Int(handedOut) >= count {
-                // Joins in flight: they take well under a millisecond.
-                usleep(100)
-                continue
-            }
-            let nanoseconds = (deadline - now).clampedNanoseconds
-            var time = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
-            _ = CShmLinux_futex_wait(slots.occupancy, handedOut, &time, true)
-        }
-        return true
-    }
-
-    /// Registers this process for expedited membarriers (once): then a consumer about to sleep
-    /// can make this process's threads pass a full barrier, and publishing needs none of its own.
-    /// False where the kernel or a seccomp filter refuses (the producer then fences on every
-    /// publish instead: docs/wakeup.md).
-    static let registerForMembarrier: Bool = CShmLinux_membarrier_register_global_expedited() == 0
 
     deinit {
         close()
@@ -361,8 +332,8 @@ public final class RingProducer {
     }
 
     /// Publishes with back-pressure handled by waiting, at most `timeout`, in the manner of
-    /// `idle` (by default: spinning, then yielding, then sleeping from 50 µs up to 1 ms; the
-    /// efficient sleep comes with the wake-up path).
+    /// `idle` (by default: spinning, then yielding, then sleeping from 50 µs up to 1 ms;
+    /// `.block()`: sleeping until the consumer holding the producer back reads on).
     ///
     /// - Returns: `.published`, or `.backPressured` if the time ran out.
     @discardableResult
@@ -378,8 +349,9 @@ public final class RingProducer {
         var rounds = 0
         while true {
             if try publish(bytes, type: type) == .published { return .published }
-            if ContinuousClock.now >= deadline { return .backPressured }
-            idle.idle(&rounds)
+            let now = ContinuousClock.now
+            if now >= deadline { return .backPressured }
+            self.idle(using: idle, rounds: &rounds, atMost: deadline - now)
         }
     }
 
