@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Usage: perf/wake-rtt.py [--rounds N] [--trips N]
+"""Usage: perf/wake-rtt.py [--rounds N] [--trips N] [--gap-us G]
 
 The blocking round trip (docs/wakeup.md): two processes pinned to CPUs 0 and 1 pass a message back
 and forth, and each waits for it asleep. Per round, interleaved: the plain primitives (perf/c/
@@ -8,6 +8,10 @@ peer's ring-wait-pingpong: two rings, RingConsumer.wait through io_uring), then 
 futex fallback. Each program's p50 and p99.9 over the best plain primitive of the same round
 (the lower p50 of futex and eventfd); the report gives medians (min-max) of those ratios and of
 the share of waits that slept.
+
+With --gap-us G, the answering side waits G µs before each answer (so that the other side is
+surely asleep) and the figure is the answer's one-way latency, from its send to the return from
+the receiver's wait: the latency of waking a sleeping receiver, every hop asleep.
 
 Results: perf/results/wake-rtt-DATE.txt (not in git)."""
 import argparse
@@ -27,20 +31,20 @@ def values(text):
     return {key: float(value) for key, value in re.findall(r"(\w+)=([0-9.]+)", text)}
 
 
-def plain(kind, trips):
-    out = subprocess.run([os.path.join(BIN, "blocking"), kind, str(trips), "0", "1"], check=True,
-                         capture_output=True, text=True, timeout=300).stdout
+def plain(kind, trips, gap):
+    out = subprocess.run([os.path.join(BIN, "blocking"), kind, str(trips), "0", "1", str(gap)], check=True,
+                         capture_output=True, text=True, timeout=600).stdout
     return values(out)
 
 
-def shmring(trips, fallback, round_):
+def shmring(trips, fallback, round_, gap):
     key = f"wake-rtt-{os.getpid()}-{round_}-{int(fallback)}"
     env = dict(os.environ, SHMRING_WAKE_FALLBACK="1" if fallback else "0")
-    common = ["ring-wait-pingpong", "--key", key, "--rounds", str(trips)]
+    common = ["ring-wait-pingpong", "--key", key, "--rounds", str(trips), "--gap-us", str(gap)]
     pong = subprocess.Popen([PEER] + common + ["--side", "pong", "--cpu", "1"], env=env,
                             stdout=subprocess.PIPE, text=True)
     ping = subprocess.run([PEER] + common + ["--side", "ping", "--cpu", "0"], env=env, check=True,
-                          capture_output=True, text=True, timeout=300).stdout
+                          capture_output=True, text=True, timeout=600).stdout
     pong.communicate(timeout=60)
     result = values(ping)
     result["slept_share"] = result["sleeps"] / trips
@@ -51,6 +55,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--trips", type=int, default=20000)
+    parser.add_argument("--gap-us", type=int, default=0)
     args = parser.parse_args()
     os.makedirs(BIN, exist_ok=True)
     subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-o", os.path.join(BIN, "blocking"),
@@ -69,15 +74,17 @@ def main():
     ratios = {}
     shares = {}
     for round_ in range(1, args.rounds + 1):
-        results = {"futex": plain("futex", args.trips), "eventfd": plain("eventfd", args.trips),
-                   "shmring": shmring(args.trips, False, round_),
-                   "shmring-fallback": shmring(args.trips, True, round_)}
-        best = min(("futex", "eventfd"), key=lambda k: results[k]["rtt_p50_ns"])
+        results = {"futex": plain("futex", args.trips, args.gap_us),
+                   "eventfd": plain("eventfd", args.trips, args.gap_us),
+                   "shmring": shmring(args.trips, False, round_, args.gap_us),
+                   "shmring-fallback": shmring(args.trips, True, round_, args.gap_us)}
+        kind = "hop" if args.gap_us else "rtt"
+        best = min(("futex", "eventfd"), key=lambda k: results[k][f"{kind}_p50_ns"])
         for name, r in results.items():
-            say(f"round={round_} program={name} p50={r['rtt_p50_ns']:.0f} p99={r['rtt_p99_ns']:.0f} "
-                f"p999={r['rtt_p999_ns']:.0f} slept_share={r['slept_share']:.3f} best_plain={best}")
+            say(f"round={round_} program={name} p50={r[kind + '_p50_ns']:.0f} p99={r[kind + '_p99_ns']:.0f} "
+                f"p999={r[kind + '_p999_ns']:.0f} slept_share={r['slept_share']:.3f} best_plain={best}")
             shares.setdefault(name, []).append(r["slept_share"])
-            for p in ("rtt_p50_ns", "rtt_p999_ns"):
+            for p in (f"{kind}_p50_ns", f"{kind}_p999_ns"):
                 ratios.setdefault((name, p), []).append(r[p] / results[best][p])
     say("\n# medians (min-max) over rounds: ratio to the best plain primitive of the round; slept share")
     for (name, p), found in sorted(ratios.items()):

@@ -44,8 +44,10 @@ enum WakeCommands {
         consumer.detach()
     }
 
-    /// `--key K --rounds N --side ping|pong [--size S] [--cpu C]`: one side of a round trip in which both
-    /// sides block. Each creates its own ring (`K-ping` or `K-pong`), attaches to the other's,
+    /// `--key K --rounds N --side ping|pong [--size S] [--cpu C] [--gap-us G]`: one side of a round
+    /// trip in which both sides block. With G > 0, pong waits G µs before each answer (so that
+    /// ping is surely asleep) and stamps it; ping reports the answer's one-way latency, from the
+    /// stamp to its return from the wait (`hop_p50_ns=` ...): a sleeping consumer's wake-up. Each creates its own ring (`K-ping` or `K-pong`), attaches to the other's,
     /// and then: ping publishes and waits for the pong, pong waits for the ping and answers.
     /// Reports `rounds=`, `sleeps=` (waits that slept), `woken=`, `rtt_p50_ns=`, `rtt_p99_ns=`
     /// (ping only) and `fallback=`.
@@ -53,8 +55,9 @@ enum WakeCommands {
         let key = options.string("key")
         let rounds = options.int("rounds")
         let ping = options.string("side") == "ping"
-        let message = [UInt8](repeating: 7, count: options.int("size", default: 64))
+        var message = [UInt8](repeating: 7, count: max(8, options.int("size", default: 64)))
         if options.has("cpu") { _ = CShmTestSupport_pin_thread_to_cpu(Int32(options.int("cpu"))) }
+        let gap = UInt32(max(0, options.int("gap-us", default: 0)))
         let producer = try RingProducer(key: key + (ping ? "-ping" : "-pong"))
         var found: RingConsumer?
         for _ in 0..<20_000 where found == nil {
@@ -71,8 +74,12 @@ enum WakeCommands {
             let start = RingCommands.now()
             if ping { try producer.publish(message) }
             var got = 0
+            var sentAt: UInt64 = 0
             while got == 0 {
-                got = try consumer.poll(limit: 1) { _, _ in .continue }
+                got = try consumer.poll(limit: 1) { bytes, _ in
+                    sentAt = bytes.unsafeLoadUnaligned(as: UInt64.self)
+                    return .continue
+                }
                 if got == 0 {
                     switch try consumer.wait(timeout: .seconds(5)) {
                     case .ready: break
@@ -81,8 +88,18 @@ enum WakeCommands {
                     }
                 }
             }
-            if !ping { try producer.publish(message) }
-            if ping { samples[round] = RingCommands.now() - start }
+            if !ping {
+                if gap > 0 {
+                    usleep(gap)
+                    // Stamped in place (the array is unique: no copy after the stamp).
+                    let now = RingCommands.now()
+                    message.withUnsafeMutableBytes { $0.storeBytes(of: now, as: UInt64.self) }
+                    try producer.publish(message)
+                } else {
+                    try producer.publish(message)
+                }
+            }
+            if ping { samples[round] = RingCommands.now() - (gap > 0 ? sentAt : start) }
         }
         PeerRuntime.report("rounds=\(rounds)")
         PeerRuntime.report("timeouts=\(timeouts)")
@@ -94,9 +111,10 @@ enum WakeCommands {
         if ping {
             // The first tenth (at most 1 000 rounds) is warm-up.
             let measured = Array(samples[min(1000, rounds / 10)...]).sorted()
-            PeerRuntime.report("rtt_p50_ns=\(measured[measured.count / 2])")
-            PeerRuntime.report("rtt_p99_ns=\(measured[measured.count * 99 / 100])")
-            PeerRuntime.report("rtt_p999_ns=\(measured[measured.count * 999 / 1000])")
+            let name = gap > 0 ? "hop" : "rtt"
+            PeerRuntime.report("\(name)_p50_ns=\(measured[measured.count / 2])")
+            PeerRuntime.report("\(name)_p99_ns=\(measured[measured.count * 99 / 100])")
+            PeerRuntime.report("\(name)_p999_ns=\(measured[measured.count * 999 / 1000])")
         }
         // The last answer must be read before this side's ring goes.
         if !ping { while producer.activeConsumerCount > 0 { usleep(1000) } }
