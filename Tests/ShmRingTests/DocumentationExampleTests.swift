@@ -1,3 +1,4 @@
+import Foundation
 import ShmRing
 import Testing
 
@@ -56,5 +57,28 @@ import Testing
             return .continue
         }
         #expect(sizes == [5, 1, 1, 1])
+    }
+
+    /// README.md's blocking consumer, as written there (the producer publishes from another
+    /// thread, whenever it runs).
+    @Test func theBlockingExample() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key)
+        let consumer = try RingConsumer(key: key)
+        let started = ContinuousClock.now
+        nonisolated(unsafe) let publishing = producer
+        let publisher = Thread { _ = try? publishing.publish([1, 2, 3]) }
+        publisher.start()
+        var received: [Int] = []
+        func handle(_ bytes: RawSpan) { received.append(bytes.byteCount) }
+
+        var rounds = 0
+        while try consumer.poll({ bytes, _ in
+            handle(bytes); return .continue
+        }) == 0 {
+            if try consumer.idle(using: .block(), rounds: &rounds) == .producerGone { break }
+        }
+        #expect(received == [3])
+        #expect(ContinuousClock.now - started < .seconds(60), "a bound, not a timing")
     }
 }
