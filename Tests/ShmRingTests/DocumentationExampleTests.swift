@@ -74,7 +74,8 @@ import Testing
 
         var rounds = 0
         while try consumer.poll({ bytes, _ in
-            handle(bytes); return .continue
+            handle(bytes)
+            return .continue
         }) == 0 {
             if try consumer.idle(using: .block(), rounds: &rounds) == .producerGone { break }
         }
