@@ -54,7 +54,8 @@ enum RingCommands {
         var evictionsSeen: UInt64 = 0
         let started = now()
         // `--idle block`: sleep on a full ring until the consumer holding it back reads on.
-        let fullRingIdle = options.has("idle") && options.string("idle") == "block" ? IdleStrategy.block() : idle
+        let fullRingIdle =
+            options.has("idle") && options.string("idle") == "block" ? IdleStrategy.block(timeout: .seconds(30)) : idle
         let pauseEvery = UInt64(max(0, options.int("pause-every", default: 0)))
         let pauseMicroseconds = UInt32(max(0, options.int("pause-us", default: 0)))
         var nextPause = pauseEvery
@@ -115,6 +116,7 @@ enum RingCommands {
         PeerRuntime.report("published=\(sequence)")
         PeerRuntime.report("wakes=\(producer.wakes)")
         PeerRuntime.report("space_sleeps=\(producer.spaceSleeps)")
+        PeerRuntime.report("space_timeouts=\(producer.spaceTimeouts)")
         PeerRuntime.report("back_pressured=\(backPressured)")
         PeerRuntime.report("elapsed_ns=\(elapsed)")
         PeerRuntime.ready("published")

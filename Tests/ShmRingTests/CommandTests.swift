@@ -190,7 +190,7 @@ extension MultiProcess {
                 "/usr/bin/strace",
                 [
                     "-f", "-c", "-o", report, ShmRingExecutable.path, "pub", key, "--count", "\(messages)",
-                    "--wait-consumers", "1",
+                    "--wait-consumers", "1", "--idle", "spin",
                 ])
             #expect(waitFor(publisher, stderrContains: "serving \(key)"))
             let reader = try shmring(["sub", key, "--from", "oldest", "--format", "none", "--idle", "spin"])

@@ -180,7 +180,36 @@ extension MultiProcess {
             let results = producer.results
             #expect(results["published"] == "\(messages)")
             #expect(Int(results["space_sleeps"] ?? "") ?? 0 > 0, "it never slept on the full ring: \(results)")
+            #expect(results["space_timeouts"] == "0", "a sleep ran to its 30 s timeout: a lost wake-up? \(results)")
             print("wake-up, full ring: producer \(results)")
+        }
+
+        /// A producer asleep on a full ring because of a consumer that then dies is woken at once
+        /// (the slot's reclaim moves the word it sleeps on), not by its 30 s timeout.
+        @Test func aProducerAsleepOnAFullRingWakesWhenItsConsumerDies() throws {
+            let key = uniqueKey()
+            let producer = try ChildProcess(
+                TestPeer.forHeavyLoops,
+                [
+                    "ring-produce", "--key", key, "--count", "2000", "--wait-consumers", "1", "--capacity", "4096",
+                    "--max-size", "64", "--large-every", "0", "--idle", "block",
+                ])
+            try #require(producer.waitForReady("created"))
+            let reader = try ChildProcess(
+                TestPeer.debug, ["ring-consume", "--key", key, "--count", "1000000", "--from", "oldest"],
+                expectCrash: true)
+            try #require(reader.waitForReady("attached"))
+            reader.signal(SIGSTOP)  // it reads no more: the 4 KiB ring fills and the producer sleeps
+            let observer = try RingObserver(key: key)
+            let deadline = ContinuousClock.now + .seconds(60)
+            while observer.snapshot().producerSleeps == 0 && ContinuousClock.now < deadline { usleep(1000) }
+            try #require(observer.snapshot().producerSleeps > 0, "the producer never slept")
+            reader.signal(SIGKILL)
+            #expect(reader.wait() == .signaled(SIGKILL))
+            #expect(producer.wait(timeout: .seconds(120)) == .exited(0), "\(producer.standardError)")
+            #expect(producer.results["published"] == "2000")
+            #expect(
+                producer.results["space_timeouts"] == "0", "woken by the timeout, not the reclaim: \(producer.results)")
         }
 
         /// A consumer blocked for five seconds uses under 1 % of a CPU (user + system time from

@@ -32,8 +32,9 @@ public struct IdleStrategy: Sendable, Hashable, CustomStringConvertible {
     public var minimumSleep: Duration
     /// ... doubling every 64 sleeps, up to this long.
     public var maximumSleep: Duration
-    /// Block instead of sleeping, each wait at most this long (nil: sleep). Only a consumer can
-    /// block (`RingConsumer.idle(using:rounds:)`); `idle(_:)` alone sleeps `minimumSleep` then.
+    /// Block instead of sleeping, each wait at most this long (nil: sleep). Blocking needs the
+    /// ring (`RingConsumer.idle(using:rounds:)`, `RingProducer.idle(using:rounds:)`); `idle(_:)`
+    /// alone sleeps `minimumSleep` then.
     public var blockTimeout: Duration?
 
     public init(

@@ -28,8 +28,10 @@ public struct RingSnapshot: Sendable, Equatable {
     /// The producer's gating limit (lowest gating cursor + capacity, at its last look).
     public var limit: UInt64
     public var refusesGating: Bool
-    /// Wakes the producer issued to sleeping consumers (one `FUTEX_WAKE` each).
+    /// Wakes the producer issued to sleeping consumers (one `FUTEX_WAKE` each), and the times it
+    /// slept on a full ring.
     public var wakes: UInt64 = 0
+    public var producerSleeps: UInt64 = 0
     public var consumers: [Consumer]
 
     /// One attached consumer.
@@ -175,6 +177,7 @@ public final class RingObserver {
             limit: u64(RingLayout.Producer.limit),
             refusesGating: u32(RingLayout.Config.flags) & RingLayout.flagRefusesGating != 0, consumers: consumers)
         snapshot.wakes = u64(RingLayout.Wake.wakes)
+        snapshot.producerSleeps = u64(RingLayout.Wake.producerSleeps)
         return snapshot
     }
 }

@@ -149,6 +149,12 @@ final class SlotBoard: @unchecked Sendable {
         CShmAtomics_u64_store_release(control.generation(slot), 0)
         inUse[slot] = false
         changeOccupancy(by: -1)
+        // A producer asleep on a full ring because of this consumer sleeps on the word in this
+        // page (the next holder gets a fresh one): move it on and wake it. Release, as the
+        // consumer's own wake (ConsumerSlot.wakeProducer); shared (the page is a memfd).
+        let epoch = (page(slot) + RingLayout.Slot.spaceEpoch).assumingMemoryBound(to: UInt32.self)
+        CShmAtomics_u32_store_release(epoch, CShmAtomics_u32_load_relaxed(epoch) &+ 1)
+        _ = CShmLinux_futex_wake(epoch, Int32.max, false)
     }
 
     /// Release: a waiter that sees the new count sees the slot's state. Partner: the acquire load

@@ -80,7 +80,8 @@ package final class Segment {
 
     /// Creates, reserves, maps and seals a new memfd segment.
     ///
-    /// In order: checks `size` against the memory budget (`MemoryBudget`), `memfd_create`,
+    /// In order: checks `size` against the memory budget (`MemoryBudget`; segments of 64 KiB or
+    /// less skip it), `memfd_create`,
     /// `fallocate` of the rounded size, `mmap` with `MAP_POPULATE`, then the seals: grow and shrink
     /// always, the caller's `seals` next, and `F_SEAL_SEAL` last, so that nothing can be added
     /// afterwards. `futureWrite` is applied after the creator's own mapping, which keeps working.

@@ -155,7 +155,8 @@ public final class RingConsumer {
         state.initialize(to: ConsumerState(view: view, slot: slot))
         // The mirrored wake-up: "the producer sleeps because of slot N, epoch 0". (Registering
         // this process for membarrier is what lets the producer's sleep make it fence.)
-        state.pointee.spaceWaitToken = UInt64(reply.slot) << 32 | 1
+        // A lossy consumer never holds the producer back: a token the producer never writes.
+        state.pointee.spaceWaitToken = policy == .gating ? UInt64(reply.slot) << 32 | 1 : .max
         state.pointee.symmetricFence = !Membarrier.registered
         self.slot = slot
         self.state = state

@@ -53,6 +53,7 @@ struct GatingScanner {
             state.pointee.blockedSince = 0
             return true
         }
+        state.pointee.refusedEnd = end
         state.pointee.backPressureEvents &+= 1
         CShmAtomics_u64_store_relaxed(
             view.word(RingLayout.Counters.backPressureEvents), state.pointee.backPressureEvents)

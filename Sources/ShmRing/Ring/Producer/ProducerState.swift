@@ -51,6 +51,8 @@ struct ProducerState {
     /// nanoseconds; 0: not back-pressured). Time lag limits count from here.
     @usableFromInline var blockedSince: UInt64 = 0
     @usableFromInline var blockedSincePublished: UInt64 = 0
+    /// The end of the record `makeRoom` last refused (what a producer waiting for space needs).
+    @usableFromInline var refusedEnd: UInt64 = 0
     @usableFromInline var demotions: UInt64 = 0
     @usableFromInline var evictions: UInt64 = 0
     /// The wake-up path (docs/wakeup.md). `doorbell` is the doorbell page's `data_waiting`
@@ -74,8 +76,9 @@ struct WakeSide {
     @usableFromInline let symmetricFence: Bool
     @usableFromInline var dataEpoch: UInt32 = 0
     @usableFromInline var wakes: UInt64 = 0
-    /// Times the producer slept on a full ring.
+    /// Times the producer slept on a full ring, and those sleeps that ran to their timeout.
     @usableFromInline var spaceSleeps: UInt64 = 0
+    @usableFromInline var spaceTimeouts: UInt64 = 0
 
     init(doorbell: UnsafeMutablePointer<UInt32>, dataEpochWord: UnsafeMutablePointer<UInt32>, symmetricFence: Bool) {
         self.doorbell = doorbell
