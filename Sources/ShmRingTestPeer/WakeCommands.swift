@@ -70,6 +70,9 @@ enum WakeCommands {
         while producer.activeConsumerCount == 0 { usleep(1000) }
         var samples = [UInt64](repeating: 0, count: ping ? rounds : 0)
         var timeouts = 0
+        // Pong with a gap: how long each stamped publish (with its wake) takes, for the breakdown.
+        var publishTimes: [UInt64] = []
+        publishTimes.reserveCapacity(ping ? 0 : rounds)
         for round in 0..<rounds {
             let start = RingCommands.now()
             if ping { try producer.publish(message) }
@@ -95,6 +98,7 @@ enum WakeCommands {
                     let now = RingCommands.now()
                     message.withUnsafeMutableBytes { $0.storeBytes(of: now, as: UInt64.self) }
                     try producer.publish(message)
+                    publishTimes.append(RingCommands.now() - now)
                 } else {
                     try producer.publish(message)
                 }
@@ -115,6 +119,11 @@ enum WakeCommands {
             PeerRuntime.report("\(name)_p50_ns=\(measured[measured.count / 2])")
             PeerRuntime.report("\(name)_p99_ns=\(measured[measured.count * 99 / 100])")
             PeerRuntime.report("\(name)_p999_ns=\(measured[measured.count * 999 / 1000])")
+        }
+        if !publishTimes.isEmpty {
+            let sorted = publishTimes.sorted()
+            PeerRuntime.report("publish_p50_ns=\(sorted[sorted.count / 2])")
+            PeerRuntime.report("publish_p99_ns=\(sorted[sorted.count * 99 / 100])")
         }
         // The last answer must be read before this side's ring goes.
         if !ping { while producer.activeConsumerCount > 0 { usleep(1000) } }
