@@ -72,12 +72,15 @@ enum WakeCommands {
         var timeouts = 0
         // Pong with a gap: how long each stamped publish (with its wake) takes, for the breakdown.
         var publishTimes: [UInt64] = []
+        // Ping with a gap: from the answer's stamp to the return from `wait` (before the poll).
+        var wakeReturns: [UInt64] = []
         publishTimes.reserveCapacity(ping ? 0 : rounds)
         for round in 0..<rounds {
             let start = RingCommands.now()
             if ping { try producer.publish(message) }
             var got = 0
             var sentAt: UInt64 = 0
+            var wokeAt: UInt64 = 0
             while got == 0 {
                 got = try consumer.poll(limit: 1) { bytes, _ in
                     sentAt = bytes.unsafeLoadUnaligned(as: UInt64.self)
@@ -85,7 +88,7 @@ enum WakeCommands {
                 }
                 if got == 0 {
                     switch try consumer.wait(timeout: .seconds(5)) {
-                    case .ready: break
+                    case .ready: wokeAt = RingCommands.now()
                     case .timedOut: timeouts += 1  // a lost wake-up: the test expects none
                     case .producerGone: PeerRuntime.fail("the other side went away at round \(round)")
                     }
@@ -104,6 +107,7 @@ enum WakeCommands {
                 }
             }
             if ping { samples[round] = RingCommands.now() - (gap > 0 ? sentAt : start) }
+            if ping && gap > 0 { wakeReturns.append(wokeAt &- sentAt) }
         }
         PeerRuntime.report("rounds=\(rounds)")
         PeerRuntime.report("timeouts=\(timeouts)")
@@ -119,6 +123,10 @@ enum WakeCommands {
             PeerRuntime.report("\(name)_p50_ns=\(measured[measured.count / 2])")
             PeerRuntime.report("\(name)_p99_ns=\(measured[measured.count * 99 / 100])")
             PeerRuntime.report("\(name)_p999_ns=\(measured[measured.count * 999 / 1000])")
+        }
+        if !wakeReturns.isEmpty {
+            let sorted = wakeReturns.sorted()
+            PeerRuntime.report("wait_return_p50_ns=\(sorted[sorted.count / 2])")
         }
         if !publishTimes.isEmpty {
             let sorted = publishTimes.sorted()
