@@ -3,9 +3,9 @@
 
 The blocking round trip (docs/wakeup.md): two processes pinned to CPUs 0 and 1 pass a message back
 and forth, and each waits for it asleep. Per round, interleaved: the plain primitives (perf/c/
-blocking.c: a futex word and an eventfd per direction), then ShmRing (the release-built test
-peer's ring-wait-pingpong: two rings, RingConsumer.wait through io_uring), then ShmRing with the
-futex fallback. Each program's p50 and p99.9 over the best plain primitive of the same round
+blocking.c: a futex word and an eventfd per direction), ShmRing (the release-built test peer's
+ring-wait-pingpong: two rings, RingConsumer.wait through io_uring) and ShmRing with the futex
+fallback, in an order that turns with the round. Each program's p50 and p99.9 over the best plain primitive of the same round
 (the lower p50 of futex and eventfd); the report gives medians (min-max) of those ratios and of
 the share of waits that slept.
 
@@ -74,10 +74,14 @@ def main():
     ratios = {}
     shares = {}
     for round_ in range(1, args.rounds + 1):
-        results = {"futex": plain("futex", args.trips, args.gap_us),
-                   "eventfd": plain("eventfd", args.trips, args.gap_us),
-                   "shmring": shmring(args.trips, False, round_, args.gap_us),
-                   "shmring-fallback": shmring(args.trips, True, round_, args.gap_us)}
+        runs = {"futex": lambda: plain("futex", args.trips, args.gap_us),
+                "eventfd": lambda: plain("eventfd", args.trips, args.gap_us),
+                "shmring": lambda: shmring(args.trips, False, round_, args.gap_us),
+                "shmring-fallback": lambda: shmring(args.trips, True, round_, args.gap_us)}
+        # The order turns with the round, so that no program always runs first or last.
+        names = list(runs)
+        shift = (round_ - 1) % len(names)
+        results = {name: runs[name]() for name in names[shift:] + names[:shift]}
         kind = "hop" if args.gap_us else "rtt"
         best = min(("futex", "eventfd"), key=lambda k: results[k][f"{kind}_p50_ns"])
         for name, r in results.items():
