@@ -321,12 +321,14 @@ int CShmLinux_membarrier_global_expedited(void) {
 // MARK: - Calibration of the spin budget
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <time.h>
 
 typedef struct {
     uint32_t word;  // odd: the partner's turn; even: the caller's
     int rounds;
+    int avoid_cpu;  // the caller's CPU: the partner runs elsewhere when it can
 } wake_pair;
 
 static int64_t now_ns(void) {
@@ -343,6 +345,13 @@ static void wait_while(uint32_t *word, uint32_t value) {
 
 static void *wake_partner(void *argument) {
     wake_pair *pair = argument;
+    // A wake-up across CPUs is the one a sleeping consumer pays (the producer runs elsewhere):
+    // keep the partner off the caller's CPU when another CPU is allowed.
+    cpu_set_t allowed;
+    if (pair->avoid_cpu >= 0 && sched_getaffinity(0, sizeof(allowed), &allowed) == 0 && CPU_COUNT(&allowed) > 1) {
+        CPU_CLR(pair->avoid_cpu, &allowed);
+        sched_setaffinity(0, sizeof(allowed), &allowed);
+    }
     for (int i = 0; i < pair->rounds; i++) {
         wait_while(&pair->word, (uint32_t)(2 * i));  // wait for the caller's ping (odd)
         __atomic_store_n(&pair->word, (uint32_t)(2 * i + 2), __ATOMIC_RELEASE);
@@ -358,7 +367,7 @@ static int compare_i64(const void *a, const void *b) {
 
 int64_t CShmLinux_measure_wake_ns(int rounds) {
     if (rounds < 1) rounds = 1;
-    wake_pair pair = {.word = 0, .rounds = rounds};
+    wake_pair pair = {.word = 0, .rounds = rounds, .avoid_cpu = sched_getcpu()};
     int64_t *samples = malloc(sizeof(int64_t) * (size_t)rounds);
     if (samples == NULL) return -ENOMEM;
     pthread_t thread;

@@ -126,9 +126,11 @@ int CShmLinux_membarrier_register_global_expedited(void);
 /// registered process has passed a full memory barrier (and the caller has). 0, or -1 with `errno`.
 int CShmLinux_membarrier_global_expedited(void);
 
-/// What one wake-up costs here, now: a thread is started and the two pass a private futex word back
-/// and forth `rounds` times; returns the median one-way time (half a round trip) in nanoseconds,
-/// or a negative errno value. Used once per process to calibrate the spin budget before sleeping.
+/// What one wake-up costs here, now: a thread is started on another CPU than the caller's (when
+/// another is allowed: a sleeping consumer is woken from another CPU) and the two pass a private
+/// futex word back and forth `rounds` times; returns the median one-way time (half a round trip)
+/// in nanoseconds, or a negative errno value. Used once per process to calibrate the spin budget
+/// before sleeping.
 int64_t CShmLinux_measure_wake_ns(int rounds);
 /// The cost of one pause instruction here, in picoseconds (timed over `count` of them).
 int64_t CShmLinux_measure_pause_ps(int count);
