@@ -389,18 +389,3 @@ int64_t CShmLinux_measure_wake_ns(int rounds) {
     free(samples);
     return median;
 }
-
-int64_t CShmLinux_measure_pause_ps(int count) {
-    if (count < 1) count = 1;
-    int64_t start = now_ns();
-    for (int i = 0; i < count; i++) {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#elif defined(__aarch64__)
-        __asm__ __volatile__("yield" ::: "memory");
-#else
-        __atomic_signal_fence(__ATOMIC_SEQ_CST);
-#endif
-    }
-    return (now_ns() - start) * 1000 / count;
-}

@@ -132,8 +132,6 @@ int CShmLinux_membarrier_global_expedited(void);
 /// in nanoseconds, or a negative errno value. Used once per process to calibrate the spin budget
 /// before sleeping.
 int64_t CShmLinux_measure_wake_ns(int rounds);
-/// The cost of one pause instruction here, in picoseconds (timed over `count` of them).
-int64_t CShmLinux_measure_pause_ps(int count);
 
 // MARK: - The robust process-shared mutex
 

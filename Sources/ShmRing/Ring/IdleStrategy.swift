@@ -67,6 +67,13 @@ public struct IdleStrategy: Sendable, Hashable, CustomStringConvertible {
         return strategy
     }
 
+    /// The longest wait of the block stage, once `rounds` idle rounds have used up the spins and
+    /// yields before it; nil before that, or for a strategy that does not block (then `idle`).
+    func blockTimeout(after rounds: Int) -> Duration? {
+        guard let blockTimeout, rounds >= spins &+ yields else { return nil }
+        return blockTimeout
+    }
+
     /// Pause instructions that take about as long as one wake-up here: measured once per process
     /// (a futex ping-pong between two threads, 100 rounds, and the time of a pause), at the first
     /// use. 64 ... 1 048 576.
@@ -121,8 +128,15 @@ public struct IdleStrategy: Sendable, Hashable, CustomStringConvertible {
 enum Calibration {
     /// The median cost of one wake-up here (nanoseconds), and of one pause (picoseconds).
     static let measured: (wakeNanoseconds: Int64, pausePicoseconds: Int64) = (
-        CShmLinux_measure_wake_ns(100), CShmLinux_measure_pause_ps(100_000)
+        CShmLinux_measure_wake_ns(100), pausePicoseconds(count: 100_000)
     )
+
+    /// The time of one `CShmAtomics_pause` (the instruction the spins execute), in picoseconds.
+    static func pausePicoseconds(count: Int) -> Int64 {
+        let start = ContinuousClock.now
+        for _ in 0..<count { CShmAtomics_pause() }
+        return (ContinuousClock.now - start).clampedNanoseconds * 1000 / Int64(count)
+    }
 
     static let spins: Int = {
         let (wake, pause) = measured

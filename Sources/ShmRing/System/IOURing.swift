@@ -8,8 +8,8 @@ import Glibc
 /// A small io_uring instance, through the opaque C wrapper of CShmLinux.
 ///
 /// ShmRing's sleeping consumers wait in one io_uring wait that covers a futex word, the
-/// producer's liveness and a timeout (the wake-up path, still to come). This type is the Swift face
-/// of that wrapper; `<liburing.h>` never reaches Swift.
+/// producer's liveness and a timeout (`Sleeper`, docs/wakeup.md). This type is the Swift face of
+/// that wrapper; `<liburing.h>` never reaches Swift.
 package final class IOURing {
     /// One completion.
     package struct Completion: Equatable, Sendable {
@@ -90,6 +90,16 @@ package final class IOURing {
         let rc = CShmLinux_uring_wait(ring, nanoseconds, &completion)
         if rc == -ETIME { return nil }
         guard rc == 0 else { throw SystemCallError("io_uring_wait_cqe", Errno(rawValue: -rc)) }
+        return Completion(userData: completion.user_data, result: completion.result)
+    }
+
+    /// Submits what was queued and waits for one completion, at most `timeout`, in one system
+    /// call; nil when the time ran out.
+    package func submitAndWait(timeout: Duration) throws(SystemCallError) -> Completion? {
+        var completion = CShmLinux_completion()
+        let rc = CShmLinux_uring_submit_and_wait(ring, timeout.clampedNanoseconds, &completion)
+        if rc == -ETIME { return nil }
+        guard rc == 0 else { throw SystemCallError("io_uring_submit_and_wait", Errno(rawValue: -rc)) }
         return Completion(userData: completion.user_data, result: completion.result)
     }
 

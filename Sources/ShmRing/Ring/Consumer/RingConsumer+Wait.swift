@@ -51,7 +51,7 @@ extension RingConsumer {
         // Relaxed: statistics.
         let sleeps = slot.word(RingLayout.Slot.sleeps)
         CShmAtomics_u64_store_relaxed(sleeps, CShmAtomics_u64_load_relaxed(sleeps) &+ 1)
-        let outcome = sleeper!.sleep(on: epochWord, expected: epoch, connection: connection.rawValue, timeout: timeout)
+        let outcome = sleeper!.sleep(on: epochWord, expected: epoch, connection: connection, timeout: timeout)
         switch outcome {
         case .woken:
             let woken = slot.word(RingLayout.Slot.woken)
@@ -76,15 +76,8 @@ extension RingConsumer {
     /// ```
     @discardableResult
     public func idle(using strategy: IdleStrategy, rounds: inout Int) throws(RingError) -> WaitResult? {
-        guard let timeout = strategy.blockTimeout, rounds >= strategy.spins &+ strategy.yields else {
-            if strategy.blockTimeout == nil {
-                strategy.idle(&rounds)
-            } else {
-                // Spinning (or yielding) before blocking: the idle stages without the sleep.
-                var spinOnly = strategy
-                spinOnly.blockTimeout = nil
-                spinOnly.idle(&rounds)
-            }
+        guard let timeout = strategy.blockTimeout(after: rounds) else {
+            strategy.idle(&rounds)
             return nil
         }
         return try wait(timeout: timeout)
@@ -139,6 +132,10 @@ extension RingConsumer {
                 // value. A genuine announcement made meanwhile changes the word, and the
                 // compare-and-swap below fails and looks again.
             }
+            // Acq_rel (a locked instruction, a full barrier on x86 anyway): the announcement's
+            // order against the re-check comes from the membarrier in `wait`, whose partner is
+            // the producer's load of the doorbell in RingWriter.wakeSleepersIfAny; between
+            // consumers, a failed exchange reloads `current` and looks again.
             if CShmAtomics_u32_compare_exchange_acq_rel(doorbell, &current, want) { return true }
         }
         return true

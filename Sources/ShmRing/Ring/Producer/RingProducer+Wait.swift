@@ -97,10 +97,8 @@ extension RingProducer {
     /// or, for a strategy with a `blockTimeout` whose spins and yields are used up,
     /// `waitForSpace` (at most `atMost`). Count the rounds as for `IdleStrategy.idle`.
     public func idle(using strategy: IdleStrategy, rounds: inout Int, atMost: Duration = .seconds(3600)) {
-        guard let timeout = strategy.blockTimeout, rounds >= strategy.spins &+ strategy.yields else {
-            var noBlock = strategy
-            noBlock.blockTimeout = nil
-            noBlock.idle(&rounds)
+        guard let timeout = strategy.blockTimeout(after: rounds) else {
+            strategy.idle(&rounds)
             return
         }
         // Nothing to sleep on (no gating consumer to wait for, a slot changing, inside a batch):

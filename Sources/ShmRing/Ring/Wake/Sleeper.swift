@@ -23,7 +23,7 @@ final class Sleeper {
         case producerGone
     }
 
-    private var ring: OpaquePointer?
+    private var ring: IOURing?
     /// Why the io_uring path is not used (nil when it is).
     private(set) var fallbackReason: String?
     /// The poll for the connection's hang-up is queued (it stays armed across sleeps).
@@ -35,69 +35,62 @@ final class Sleeper {
     private static let cancelTag: UInt64 = 2
 
     init() {
-        var reason: String?
-        var made: OpaquePointer?
         if let forced = getenv("SHMRING_WAKE_FALLBACK"), String(cString: forced) == "1" {
-            reason = "SHMRING_WAKE_FALLBACK=1"
-        } else if CShmLinux_uring_probe_futex_wait() != 1 {
-            reason = "this kernel's io_uring has no FUTEX_WAIT (6.7 or later needed)"
+            fallbackReason = "SHMRING_WAKE_FALLBACK=1"
+        } else if !IOURing.supportsFutexWait {
+            fallbackReason = "this kernel's io_uring has no FUTEX_WAIT (6.7 or later needed)"
         } else {
-            var error: Int32 = 0
             // No IORING_SETUP_SINGLE_ISSUER: a consumer may be used from one thread, then another.
-            made = CShmLinux_uring_create(8, &error)
-            if made == nil { reason = "io_uring_setup failed: \(Errno(rawValue: error))" }
+            do {
+                ring = try IOURing(entries: 8)
+            } catch {
+                fallbackReason = "\(error)"
+            }
         }
-        ring = made
-        fallbackReason = reason
     }
 
-    deinit { CShmLinux_uring_destroy(ring) }
-
     /// Sleeps while `*word == expected`, at most `timeout`, or until `connection` hangs up.
-    func sleep(on word: UnsafeMutablePointer<UInt32>, expected: UInt32, connection: Int32, timeout: Duration)
+    func sleep(on word: UnsafeMutablePointer<UInt32>, expected: UInt32, connection: FileDescriptor, timeout: Duration)
         -> Outcome
     {
         guard let ring else { return fallbackSleep(on: word, expected: expected, connection: connection, timeout) }
         generation &+= 1
         let futexTag = generation << 8 | 3
-        if !pollArmed {
-            let events = UInt32(UInt16(bitPattern: CShmLinux_POLLRDHUP)) | UInt32(POLLHUP) | UInt32(POLLERR)
-            guard CShmLinux_uring_prep_poll(ring, connection, events, Self.pollTag) == 0 else {
-                return fallbackSleep(on: word, expected: expected, connection: connection, timeout)
+        do throws(SystemCallError) {
+            if !pollArmed {
+                let events = UInt32(UInt16(bitPattern: CShmLinux_POLLRDHUP)) | UInt32(POLLHUP) | UInt32(POLLERR)
+                try ring.preparePoll(connection, events: events, userData: Self.pollTag)
+                pollArmed = true
             }
-            pollArmed = true
-        }
-        guard CShmLinux_uring_prep_futex_wait(ring, word, expected, futexTag) == 0 else {
+            try ring.prepareFutexWait(word, expected: expected, userData: futexTag)
+        } catch {
             return fallbackSleep(on: word, expected: expected, connection: connection, timeout)
         }
         let deadline = ContinuousClock.now + timeout
         var outcome: Outcome?
-        var cancelled = false
         // Until this sleep's futex wait has completed (woken, changed, or cancelled): a wait left
         // queued would complete into a later sleep.
         while true {
-            if outcome != nil && !cancelled {
-                // Timed out or the producer went: take the futex wait back.
-                guard CShmLinux_uring_prep_cancel(ring, futexTag, Self.cancelTag) == 0,
-                    CShmLinux_uring_submit(ring) >= 0
-                else { return giveUp("io_uring could not cancel a futex wait", outcome!) }
-                cancelled = true
+            let completion: IOURing.Completion?
+            do throws(SystemCallError) {
+                if outcome != nil {
+                    // Timed out or the producer went: the futex wait was taken back (below).
+                    completion = try ring.wait()
+                } else {
+                    // The first wait also submits the futex wait (and a new poll): one system call.
+                    completion = try ring.submitAndWait(timeout: max(deadline - ContinuousClock.now, .zero))
+                }
+            } catch {
+                return giveUp("\(error)", outcome ?? .woken)
             }
-            var completion = CShmLinux_completion()
-            // The first wait also submits the futex wait (and a new poll): one system call.
-            let rc =
-                outcome == nil
-                ? CShmLinux_uring_submit_and_wait(
-                    ring, max((deadline - ContinuousClock.now).clampedNanoseconds, 0), &completion)
-                : CShmLinux_uring_wait(ring, -1, &completion)
-            if rc == -ETIME {
+            guard let completion else {
                 outcome = .timedOut
+                if let failed = cancel(futexTag, on: ring) { return giveUp(failed, .timedOut) }
                 continue
             }
-            guard rc == 0 else { return giveUp("io_uring wait failed: \(Errno(rawValue: -rc))", outcome ?? .woken) }
-            switch completion.user_data {
+            switch completion.userData {
             case futexTag:
-                // 0: woken; -EAGAIN: the word had changed already; -ECANCELED: taken back above.
+                // 0: woken; -EAGAIN: the word had changed already; -ECANCELED: taken back.
                 let result = completion.result
                 guard result == 0 || result == -EAGAIN || result == -ECANCELED else {
                     return giveUp("io_uring futex wait: \(Errno(rawValue: -result))", outcome ?? .woken)
@@ -105,6 +98,7 @@ final class Sleeper {
                 return outcome ?? .woken
             case Self.pollTag:
                 pollArmed = false
+                if outcome == nil, let failed = cancel(futexTag, on: ring) { return giveUp(failed, .producerGone) }
                 outcome = .producerGone
             default:
                 continue  // the cancellation's own completion
@@ -112,10 +106,20 @@ final class Sleeper {
         }
     }
 
+    /// Takes the futex wait tagged `tag` back; a description of the failure, or nil.
+    private func cancel(_ tag: UInt64, on ring: IOURing) -> String? {
+        do throws(SystemCallError) {
+            try ring.prepareCancel(tag, userData: Self.cancelTag)
+            try ring.submit()
+            return nil
+        } catch {
+            return "io_uring could not cancel a futex wait: \(error)"
+        }
+    }
+
     /// The io_uring path failed in a way that leaves its state unknown: tear the ring down (which
     /// cancels whatever is queued) and sleep in `FUTEX_WAIT` from now on.
     private func giveUp(_ reason: String, _ outcome: Outcome) -> Outcome {
-        CShmLinux_uring_destroy(ring)
         ring = nil
         pollArmed = false
         fallbackReason = reason
@@ -124,12 +128,12 @@ final class Sleeper {
 
     /// `FUTEX_WAIT` with the timeout, then a look at the connection.
     private func fallbackSleep(
-        on word: UnsafeMutablePointer<UInt32>, expected: UInt32, connection: Int32, _ timeout: Duration
+        on word: UnsafeMutablePointer<UInt32>, expected: UInt32, connection: FileDescriptor, _ timeout: Duration
     ) -> Outcome {
         let nanoseconds = timeout.clampedNanoseconds
         var time = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
         let timedOut = CShmLinux_futex_wait(word, expected, &time, false) != 0 && errno == ETIMEDOUT
-        var entry = pollfd(fd: connection, events: CShmLinux_POLLRDHUP, revents: 0)
+        var entry = pollfd(fd: connection.rawValue, events: CShmLinux_POLLRDHUP, revents: 0)
         let hangUp = CShmLinux_POLLRDHUP | Int16(POLLHUP) | Int16(POLLERR)
         if Glibc.poll(&entry, 1, 0) > 0 && entry.revents & hangUp != 0 { return .producerGone }
         return timedOut ? .timedOut : .woken
