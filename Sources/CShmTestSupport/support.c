@@ -53,3 +53,20 @@ int CShmTestSupport_usable_cpus(void) {
 int CShmTestSupport_spawn_add_close_from(posix_spawn_file_actions_t *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }
+
+#include <sys/epoll.h>
+
+int CShmTestSupport_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+int CShmTestSupport_epoll_add_readable(int epoll, int fd) {
+    struct epoll_event event = {.events = EPOLLIN, .data.fd = fd};
+    return epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event);
+}
+
+int CShmTestSupport_epoll_wait(int epoll, int *ready, int capacity, int timeout_ms) {
+    struct epoll_event events[16];
+    if (capacity > 16) capacity = 16;
+    int count = epoll_wait(epoll, events, capacity, timeout_ms);
+    for (int i = 0; i < count; i++) ready[i] = events[i].data.fd;
+    return count;
+}

@@ -31,6 +31,7 @@ enum PeerCommands {
         "ring-bench": RingBench.run,
         "ring-bench-child": RingBench.child,
         "ring-wait-consume": WakeCommands.consume,
+        "ring-fan-out": WakeCommands.fanOut,
         "ring-wait-pingpong": WakeCommands.pingPong,
         "ring-doorbell-scribble": WakeCommands.scribbleDoorbell,
     ]

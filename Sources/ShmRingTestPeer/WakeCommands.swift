@@ -9,10 +9,12 @@ import Glibc
 
 /// Scenarios of the wake-up path (WakeupTests, docs/wakeup.md).
 enum WakeCommands {
-    /// `--key K --count N [--timeout-ms T]`: attaches (gating, from the oldest message), says
-    /// "attached", and reads N messages, checking each, with `wait(timeout:)` whenever a poll
-    /// finds nothing. Reports the verification, `sleeps=`, `woken=`, `timeouts=`, `fallback=`,
-    /// and `ended=done|producerGone`.
+    /// `--key K --count N [--timeout-ms T] [--burst B]`: attaches (gating, from the oldest
+    /// message), says "attached", and reads N messages, checking each, with `wait(timeout:)`
+    /// whenever a poll finds nothing. Reports the verification, `sleeps=`, `woken=`, `timeouts=`,
+    /// `fallback=`, and `ended=done|producerGone`; with B, also `first_latencies_ns=`: for the
+    /// first message of each burst of B (sequence a multiple of B), the time from its stamp to
+    /// its poll, comma-separated (perf/wake-many.py).
     static func consume(_ options: PeerOptions) throws {
         let consumer = try RingConsumer(key: options.string("key"), configuration: .init(start: .oldest))
         let timeout = Duration.milliseconds(options.int("timeout-ms", default: 1000))
@@ -21,9 +23,16 @@ enum WakeCommands {
         var verification = RingCommands.Verification()
         var timeouts = 0
         var ended = "done"
+        let burst = UInt64(max(0, options.int("burst", default: 0)))
+        var firstLatencies: [UInt64] = []
         while verification.received < count {
             let got = try consumer.poll(limit: count - verification.received) { bytes, info in
                 verification.check(bytes, info)
+                if burst > 0 && info.sequence % burst == 0,
+                    case .valid(_, let stamp) = bytes.withUnsafeBytes({ GeneratedMessage.check($0) })
+                {
+                    firstLatencies.append(RingCommands.now() &- stamp)
+                }
                 return .continue
             }
             if got > 0 { continue }
@@ -41,7 +50,71 @@ enum WakeCommands {
         PeerRuntime.report("timeouts=\(timeouts)")
         PeerRuntime.report("fallback=\(consumer.sleepFallbackReason ?? "none")")
         PeerRuntime.report("ended=\(ended)")
+        if burst > 0 {
+            PeerRuntime.report("first_latencies_ns=\(firstLatencies.map(String.init).joined(separator: ","))")
+        }
         consumer.detach()
+    }
+
+    /// `--key K --consumers N --rounds R --burst B [--gap-us G] [--capacity C]`: waking many
+    /// sleepers. Creates the ring, waits for N consumers, then R times: waits (at most a minute)
+    /// until all N are asleep (their slots and the doorbell say so), and publishes B generated messages (stamped), then
+    /// waits G µs. Reports `publish_p50_ns=`, `publish_p99_ns=` and `publish_max_ns=`: how long
+    /// each round's first publish took, the one that wakes the sleepers (perf/wake-many.py);
+    /// `wakes=`, `not_asleep=` (rounds that started without all N asleep), `published=`.
+    static func fanOut(_ options: PeerOptions) throws {
+        let key = options.string("key")
+        let producer = try RingProducer(
+            key: key, configuration: RingConfiguration(capacity: options.int("capacity", default: 1 << 20)))
+        let consumers = options.int("consumers")
+        let (rounds, burst) = (options.int("rounds"), max(1, options.int("burst", default: 1)))
+        let gap = UInt32(max(0, options.int("gap-us", default: 0)))
+        PeerRuntime.ready("created")
+        while producer.activeConsumerCount < consumers { usleep(200) }
+        let observer = try RingObserver(key: key)
+        var message = [UInt8](repeating: 0, count: 64)
+        var publishTimes: [UInt64] = []
+        var notAsleep = 0
+        var sequence: UInt64 = 0
+        for _ in 0..<rounds {
+            let deadline = ContinuousClock.now + .seconds(60)
+            // Asleep: every consumer says so in its slot and counts itself in the doorbell, one
+            // announced the current epoch, and the last wake was passed on. (A consumer woken
+            // but not yet run still shows `sleeping`: the doorbell tells.)
+            func allAsleep() -> Bool {
+                let doorbell = producer.doorbellForTests
+                return doorbell.announced && Int(doorbell.sleepers) == consumers && !doorbell.passOnPending
+                    && observer.snapshot().consumers.filter(\.sleeping).count == consumers
+            }
+            while !allAsleep() {
+                if ContinuousClock.now > deadline {
+                    notAsleep += 1
+                    break
+                }
+                usleep(100)
+            }
+            for index in 0..<burst {
+                let stamp = RingCommands.now()
+                message.withUnsafeMutableBytes {
+                    GeneratedMessage.write(sequence: sequence, timestamp: stamp, into: $0)
+                }
+                var spins = 0
+                while try producer.publish(message) == .backPressured { producer.idle(using: .block(), rounds: &spins) }
+                if index == 0 { publishTimes.append(RingCommands.now() &- stamp) }
+                sequence += 1
+            }
+            if gap > 0 { usleep(gap) }
+        }
+        let sorted = publishTimes.sorted()
+        PeerRuntime.report("published=\(sequence)")
+        PeerRuntime.report("wakes=\(producer.wakes)")
+        PeerRuntime.report("not_asleep=\(notAsleep)")
+        PeerRuntime.report("publish_p50_ns=\(sorted[sorted.count / 2])")
+        PeerRuntime.report("publish_p99_ns=\(sorted[sorted.count * 99 / 100])")
+        PeerRuntime.report("publish_max_ns=\(sorted.last!)")
+        PeerRuntime.report("publish_ns=\(publishTimes.map(String.init).joined(separator: ","))")
+        PeerRuntime.ready("published")
+        while producer.activeConsumerCount > 0 { usleep(1000) }
     }
 
     /// `--key K --rounds N --side ping|pong [--size S] [--cpu C] [--gap-us G]`: one side of a round

@@ -8,10 +8,20 @@
  * the word equals its epoch + 1 (RingWriter.wakeSleepersIfAny). wakeup.pml has the store
  * buffers, membarrier and futex explained; this model reuses them.
  *
+ * Waking many (docs/wakeup.md, "Waking many"): the producer wakes one sleeper (FUTEX_WAKE of
+ * 1), after a full fence between its epoch store and its look at the doorbell's `sleepers`
+ * count; when the count says more than one sleeps, it leaves the epoch in `pass_on`, and the
+ * first consumer back from a sleep that takes it (compare-and-swap to 0) wakes every sleeper
+ * (Sleeper.passWakeOn). Each consumer adds itself to `sleepers` (a locked instruction) before its
+ * futex wait and takes itself out after.
+ *
  * Checked: every run ends with both consumers having read every message (an invalid end state is
- * a consumer asleep for ever). Mutant (spin -DNAIVE_ANNOUNCE): a consumer overwrites any value
- * ahead of its own epoch + 1 without looking at the epoch again: a consumer with a stale epoch
- * then lowers another's announcement of a newer epoch, and that one sleeps through a message.
+ * a consumer asleep for ever). Mutants, each of which must fail:
+ * - spin -DNAIVE_ANNOUNCE: a consumer overwrites any value ahead of its own epoch + 1 without
+ *   looking at the epoch again: a consumer with a stale epoch then lowers another's announcement
+ *   of a newer epoch, and that one sleeps through a message;
+ * - spin -DNO_PASS_ON: the woken consumer does not pass the wake on;
+ * - spin -DNO_COUNT_FENCE: no fence between the producer's epoch store and its look at the count.
  * Epochs and counts do not wrap here (bounded run).
  */
 
@@ -22,7 +32,9 @@
 #define PUBLISHED 0
 #define DATA_EPOCH 1
 #define WAITING 2
-#define VARIABLES 3
+#define SLEEPERS 3
+#define PASS_ON 4
+#define VARIABLES 5
 
 byte mem[VARIABLES];
 /* Store buffers: 0 = producer, 1 and 2 = consumers. */
@@ -61,6 +73,24 @@ inline load(me, variable, result) {
 
 inline fence(me) { bufCount[me] == 0 }
 
+/* A locked add: drains the caller's buffer, then works on memory atomically. */
+inline lockedAdd(me, variable, delta) {
+    fence(me);
+    atomic { mem[variable] = mem[variable] + delta }
+}
+
+/* FUTEX_WAKE of every sleeper. */
+inline wakeAll() {
+    atomic {
+        c = 1;
+        do
+        :: c <= CONSUMERS -> asleep[c] = false; c++
+        :: else -> break
+        od;
+        c = 0
+    }
+}
+
 /* A locked compare-and-swap: drains the caller's buffer, then works on memory atomically. */
 inline compareAndSwap(me, variable, expected, desired, swapped) {
     fence(me);
@@ -94,7 +124,7 @@ end:
 }
 
 proctype Producer() {
-    byte published = 0, epoch = 0, waiting, scan, c;
+    byte published = 0, epoch = 0, waiting, sleepers, scan, c;
     do
     :: published == MESSAGES -> break
     :: else ->
@@ -106,13 +136,22 @@ proctype Producer() {
         :: waiting == epoch + 1 ->
             epoch++;
             store(0, DATA_EPOCH, epoch);
+#ifndef NO_COUNT_FENCE
+            fence(0);  /* the seq_cst fence in RingWriter.wakeSleepers */
+#endif
+            load(0, SLEEPERS, sleepers);
+            if
+            :: sleepers > 1 -> store(0, PASS_ON, epoch)
+            :: else -> skip
+            fi;
             fence(0);  /* FUTEX_WAKE is a system call */
+            /* FUTEX_WAKE of one sleeper, any one (none if nobody sleeps). */
             atomic {
-                c = 1;
-                do
-                :: c <= CONSUMERS -> asleep[c] = false; c++
-                :: else -> break
-                od
+                if
+                :: asleep[1] -> asleep[1] = false
+                :: asleep[2] -> asleep[2] = false
+                :: !asleep[1] && !asleep[2] -> skip
+                fi
             }
         :: else -> skip
         fi
@@ -120,7 +159,7 @@ proctype Producer() {
 }
 
 proctype Consumer(byte me) {
-    byte published, epoch, fresh, current, scan;
+    byte published, epoch, fresh, current, token, passOn, scan, c;
     bool swapped, announced;
     do
     :: consumed[me] == MESSAGES -> break
@@ -162,6 +201,7 @@ proctype Consumer(byte me) {
                 if
                 :: published > consumed[me] -> skip
                 :: else ->
+                    lockedAdd(me, SLEEPERS, 1);  /* Sleeper.joinSleepers */
                     fence(me);  /* FUTEX_WAIT is a system call */
                     atomic {
                         if
@@ -169,7 +209,22 @@ proctype Consumer(byte me) {
                         :: else -> skip
                         fi
                     };
-                    asleep[me] == false
+                    asleep[me] == false;
+                    lockedAdd(me, SLEEPERS, 255);  /* Sleeper.leaveSleepers (-1, modulo 256) */
+#ifndef NO_PASS_ON
+                    /* Sleeper.passWakeOn */
+                    load(me, DATA_EPOCH, token);
+                    load(me, PASS_ON, passOn);
+                    if
+                    :: token != 0 && passOn == token ->
+                        compareAndSwap(me, PASS_ON, token, 0, swapped);
+                        if
+                        :: swapped -> fence(me); wakeAll()
+                        :: else -> skip
+                        fi
+                    :: else -> skip
+                    fi
+#endif
                 fi
             :: else -> skip
             fi

@@ -33,7 +33,10 @@ import Testing
             "data_epoch": RingLayout.Wake.dataEpoch, "wakes": RingLayout.Wake.wakes,
             "producer_waiting": RingLayout.Wake.producerWaiting, "producer_sleeps": RingLayout.Wake.producerSleeps,
         ],
-        "Doorbell": ["magic": RingLayout.Doorbell.magicOffset, "data_waiting": RingLayout.Doorbell.dataWaiting],
+        "Doorbell": [
+            "magic": RingLayout.Doorbell.magicOffset, "data_waiting": RingLayout.Doorbell.dataWaiting,
+            "sleepers": RingLayout.Doorbell.sleepers, "pass_on": RingLayout.Doorbell.passOn,
+        ],
         "Counters": [
             "published_messages": RingLayout.Counters.publishedMessages,
             "published_bytes": RingLayout.Counters.publishedBytes,
@@ -103,6 +106,7 @@ import Testing
         #expect(RingLayout.Counters.publishedMessages % RingLayout.group == 0, "the counters start a group")
         #expect(RingLayout.Wake.dataEpoch % RingLayout.group == 0, "the wake-up group starts a group")
         #expect(RingLayout.Wake.dataEpoch % 4 == 0 && RingLayout.Doorbell.dataWaiting % 4 == 0, "32-bit words")
+        #expect(RingLayout.Doorbell.sleepers % 4 == 0 && RingLayout.Doorbell.passOn % 4 == 0, "32-bit words")
         #expect(RingLayout.Slot.sleeping % RingLayout.group == 0 && RingLayout.Slot.generation % RingLayout.group == 0)
         #expect(RingLayout.Record.length == 8 && RingLayout.Record.type == 12, "length and type form one word")
         #expect(

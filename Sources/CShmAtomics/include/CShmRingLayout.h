@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #define CSHMRING_MAGIC 0x31474e49524d4853ULL  // "SHMRING1" little-endian
-#define CSHMRING_LAYOUT_VERSION 5u
+#define CSHMRING_LAYOUT_VERSION 6u
 #define CSHMRING_ENDIANNESS_MARK 0x01020304u
 #define CSHMRING_LINE 64u
 /// Two cache lines: a group of fields is padded to 128 bytes (adjacent-line prefetch).
@@ -199,8 +199,15 @@ typedef struct {
     /// `data_epoch + 1` for the epoch sleeping consumers wait on, 0 when none has waited yet;
     /// raised by compare-and-swap, never lowered by a consumer.
     uint32_t data_waiting;
+    /// How many consumers sleep on `data_epoch` (each adds 1 before it sleeps and takes 1 back
+    /// after): a hint, read by the producer when it wakes, to decide whether the consumer it wakes
+    /// must pass the wake on.
+    uint32_t sleepers;
+    /// The epoch whose wake must be passed on to every sleeper (0: none): the producer wakes one
+    /// consumer, and the first consumer to take this token (compare-and-swap to 0) wakes the rest.
+    uint32_t pass_on;
     uint32_t reserved0;
-    uint8_t reserved[CSHMRING_GROUP - 16];
+    uint8_t reserved[CSHMRING_GROUP - 24];
 } CShmRing_doorbell;
 
 /// A record's header in the data region; the payload follows, the record is padded to the
@@ -302,6 +309,8 @@ enum {
     // The doorbell page.
     CSHMRING_DOORBELL_MAGIC_OFFSET = offsetof(CShmRing_doorbell, magic),
     CSHMRING_DOORBELL_DATA_WAITING = offsetof(CShmRing_doorbell, data_waiting),
+    CSHMRING_DOORBELL_SLEEPERS = offsetof(CShmRing_doorbell, sleepers),
+    CSHMRING_DOORBELL_PASS_ON = offsetof(CShmRing_doorbell, pass_on),
     // A record, from its start.
     CSHMRING_RECORD_COMMIT = offsetof(CShmRing_record, commit),
     CSHMRING_RECORD_LENGTH = offsetof(CShmRing_record, length),

@@ -18,4 +18,12 @@ int CShmTestSupport_usable_cpus(void);
 /// descriptor from `from` up.
 int CShmTestSupport_spawn_add_close_from(posix_spawn_file_actions_t *actions, int from);
 
+/// `epoll_create1(EPOLL_CLOEXEC)` (the Glibc module does not carry <sys/epoll.h>).
+int CShmTestSupport_epoll_create(void);
+/// Adds `fd` to `epoll` for readability (level-triggered); 0 or -1 with errno.
+int CShmTestSupport_epoll_add_readable(int epoll, int fd);
+/// `epoll_wait`: stores the descriptors that are ready (at most `capacity`) in `ready`; returns
+/// their count, or -1 with errno.
+int CShmTestSupport_epoll_wait(int epoll, int *ready, int capacity, int timeout_ms);
+
 #endif  // CSHMTESTSUPPORT_H

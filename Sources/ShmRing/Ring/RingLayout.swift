@@ -77,6 +77,10 @@ enum RingLayout {
         @inlinable static var magicOffset: Int { Int(CSHMRING_DOORBELL_MAGIC_OFFSET) }
         /// `data_epoch + 1` of the epoch sleepers wait on (32 bits).
         @inlinable static var dataWaiting: Int { Int(CSHMRING_DOORBELL_DATA_WAITING) }
+        /// How many consumers sleep (a hint, 32 bits).
+        @inlinable static var sleepers: Int { Int(CSHMRING_DOORBELL_SLEEPERS) }
+        /// The epoch whose wake a woken consumer passes on to every sleeper (32 bits, 0: none).
+        @inlinable static var passOn: Int { Int(CSHMRING_DOORBELL_PASS_ON) }
     }
 
     /// The counters group: written by the producer only.

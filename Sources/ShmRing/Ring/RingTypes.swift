@@ -49,6 +49,9 @@ public struct RingError: Error, Equatable, Sendable, CustomStringConvertible {
         /// The producer evicted this consumer: its control page held a value that cannot be right
         /// (a cursor outside the ring's window). Permanent; attach again.
         case evicted
+        /// What was asked needs something this system does not offer (the message says what:
+        /// a wake-up descriptor needs io_uring with `FUTEX_WAIT`).
+        case unsupported
         /// Anything else (a protocol violation, an unexpected errno).
         case unknown
     }
@@ -72,6 +75,11 @@ public struct RingError: Error, Equatable, Sendable, CustomStringConvertible {
 }
 
 extension RingError {
+    init(_ error: SystemCallError, key: String) {
+        let code: Code = error.errno == .noMemory || error.errno == .tooManyOpenFiles ? .outOfResources : .unknown
+        self.init(code, key: key, "\(key): \(error)", syscall: error.syscall, errno: error.errno)
+    }
+
     init(_ error: SharedMemoryError) {
         let code: Code =
             switch error.code {

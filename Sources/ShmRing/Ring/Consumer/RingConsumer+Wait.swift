@@ -1,5 +1,6 @@
 import CShmAtomics
 import CShmLinux
+import SystemPackage
 
 /// Sleeping until the producer publishes (docs/wakeup.md).
 extension RingConsumer {
@@ -26,40 +27,128 @@ extension RingConsumer {
     ///
     /// - Throws: `RingError` with `.closed` after `detach()`.
     public func wait(timeout: Duration) throws(RingError) -> WaitResult {
+        switch try wait(timeout: timeout, interrupt: nil) {
+        case .ready, .interrupted: .ready  // nothing interrupts without an interrupt descriptor
+        case .timedOut: .timedOut
+        case .producerGone: .producerGone
+        }
+    }
+
+    /// What ended a wait that an interrupt descriptor can also end.
+    enum WaitEnd: Equatable {
+        case ready, timedOut, producerGone, interrupted
+    }
+
+    /// `wait(timeout:)`, which `interrupt` becoming readable also ends (the `AsyncSequence`'s
+    /// cancellation).
+    func wait(timeout: Duration, interrupt: FileDescriptor?) throws(RingError) -> WaitEnd {
+        guard let epoch = try announceSleep() else { return .ready }
+        let sleeping = slot.page.advanced(by: RingLayout.Slot.sleeping).assumingMemoryBound(to: UInt32.self)
+        // Relaxed: statistics for observers.
+        CShmAtomics_u32_store_relaxed(sleeping, 1)
+        defer { CShmAtomics_u32_store_relaxed(sleeping, 0) }
+        let outcome = sleeper!.sleep(
+            on: view.word32(RingLayout.Wake.dataEpoch), expected: epoch, connection: connection, interrupt: interrupt,
+            timeout: timeout)
+        countWakes()
+        switch outcome {
+        case .woken: return .ready
+        case .timedOut: return hasMessage ? .ready : .timedOut
+        case .producerGone: return hasMessage ? .ready : .producerGone
+        case .interrupted: return .interrupted
+        }
+    }
+
+    /// The steps before a sleep (docs/wakeup.md, "The protocol", steps 1-4): the epoch to sleep
+    /// on, or nil when a message is there (or a wake happened) and the caller should poll.
+    private func announceSleep() throws(RingError) -> UInt32? {
         guard !state.pointee.closed else { throw RingError(.closed, key: key, "the consumer of \(key) is detached") }
-        if hasMessage { return .ready }
+        if hasMessage { return nil }
         let epochWord = view.word32(RingLayout.Wake.dataEpoch)
         // Acquire: a consumer that sees an epoch also sees the commits that came before its wake.
         // Partner: the release store of `data_epoch` in RingWriter.wakeSleepers.
         let epoch = CShmAtomics_u32_load_acquire(epochWord)
         // A wake happened since the load above: poll first (nothing was announced).
-        guard announce(waitingOn: epoch, epochWord: epochWord) else { return .ready }
+        guard announce(waitingOn: epoch, epochWord: epochWord) else { return nil }
         // Relaxed: statistics.
         let announced = slot.word(RingLayout.Slot.announced)
         CShmAtomics_u64_store_relaxed(announced, CShmAtomics_u64_load_relaxed(announced) &+ 1)
-        let sleeping = slot.page.advanced(by: RingLayout.Slot.sleeping).assumingMemoryBound(to: UInt32.self)
-        // Relaxed: statistics for observers.
-        CShmAtomics_u32_store_relaxed(sleeping, 1)
-        defer { CShmAtomics_u32_store_relaxed(sleeping, 0) }
         // The Dekker pair with the producer: doorbell (store, above), then the commit word (load,
         // below). membarrier makes this thread and the producer's pass a full barrier, so the
         // producer either published before it (the look below finds the message) or reads the
         // doorbell after it (and wakes this epoch). Partner: RingWriter.wakeSleepersIfAny.
         Membarrier.fenceWithOthers()
-        if hasMessage { return .ready }
-        if sleeper == nil { sleeper = Sleeper() }
+        if hasMessage { return nil }
+        if sleeper == nil { sleeper = Sleeper(key: key, doorbell: doorbellBase) }
         // Relaxed: statistics.
         let sleeps = slot.word(RingLayout.Slot.sleeps)
         CShmAtomics_u64_store_relaxed(sleeps, CShmAtomics_u64_load_relaxed(sleeps) &+ 1)
-        let outcome = sleeper!.sleep(on: epochWord, expected: epoch, connection: connection, timeout: timeout)
-        switch outcome {
-        case .woken:
-            let woken = slot.word(RingLayout.Slot.woken)
-            CShmAtomics_u64_store_relaxed(woken, CShmAtomics_u64_load_relaxed(woken) &+ 1)
-            return .ready
-        case .timedOut: return hasMessage ? .ready : .timedOut
-        case .producerGone: return hasMessage ? .ready : .producerGone
-        }
+        return epoch
+    }
+
+    private var doorbellBase: UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer(doorbellWord) - RingLayout.Doorbell.dataWaiting
+    }
+
+    /// Adds the wakes the sleeper saw to the slot's `woken` (statistics, relaxed).
+    private func countWakes() {
+        guard let wakes = sleeper?.takeWakes(), wakes > 0 else { return }
+        let woken = slot.word(RingLayout.Slot.woken)
+        CShmAtomics_u64_store_relaxed(woken, CShmAtomics_u64_load_relaxed(woken) &+ wakes)
+    }
+
+    // MARK: - Event loops
+
+    /// What `armWakeEvent()` found.
+    public enum WakeEventArming: Sendable, Equatable {
+        /// Nothing to read: `wakeEventDescriptor` becomes readable when the producer publishes
+        /// (or goes). Return to the event loop.
+        case armed
+        /// A message can be polled (or a wake happened meanwhile): poll, then arm again.
+        case ready
+        /// The producer is gone and nothing is left to read.
+        case producerGone
+    }
+
+    /// An eventfd that becomes readable when this consumer, armed by `armWakeEvent()`, is woken:
+    /// for an `epoll` or io_uring loop, or SwiftNIO, that also serves other descriptors
+    /// (docs/wakeup.md, "Event loops"). It is registered on this consumer's own io_uring
+    /// (`io_uring_register_eventfd`) and never leaves this process. The consumer owns it: do not
+    /// close it (it closes with the consumer; give a framework that takes ownership a `dup` of it);
+    /// non-blocking.
+    ///
+    /// The contract, in a loop:
+    /// 1. when it is readable, drain it (`read` 8 bytes; `EAGAIN` is fine);
+    /// 2. poll the consumer until a poll returns 0;
+    /// 3. call `armWakeEvent()`: on `.ready` go back to 2, on `.armed` return to the event loop,
+    ///    on `.producerGone` stop.
+    ///
+    /// It can become readable without a message (a wake meant for another consumer of the ring,
+    /// or the completion of an earlier request): step 2 then finds nothing, and step 3 arms again.
+    ///
+    /// - Throws: `.unsupported` where this consumer sleeps without io_uring
+    ///   (`sleepFallbackReason` says why); `.outOfResources` when no eventfd can be made;
+    ///   `.closed` after `detach()`.
+    public func wakeEventDescriptor() throws(RingError) -> CInt {
+        guard !state.pointee.closed else { throw closedError() }
+        if sleeper == nil { sleeper = Sleeper(key: key, doorbell: doorbellBase) }
+        return try sleeper!.makeEventDescriptor().rawValue
+    }
+
+    /// Announces that this consumer sleeps and queues its wait on its io_uring without waiting,
+    /// so that `wakeEventDescriptor()` becomes readable at the next publish. Returns `.ready`
+    /// instead when a message is already there. Costs what `wait(timeout:)` costs before it
+    /// sleeps (a `membarrier` and an `io_uring_enter`, a few microseconds).
+    ///
+    /// - Throws: as `wakeEventDescriptor()`.
+    public func armWakeEvent() throws(RingError) -> WakeEventArming {
+        _ = try wakeEventDescriptor()
+        guard let epoch = try announceSleep() else { return .ready }
+        let armed = try sleeper!.arm(
+            on: view.word32(RingLayout.Wake.dataEpoch), expected: epoch, connection: connection)
+        countWakes()
+        if armed { return .armed }
+        return hasMessage ? .ready : .producerGone
     }
 
     /// Waits once, as `strategy` says: spins, yields or sleeps like `IdleStrategy.idle`, or, for a

@@ -1,3 +1,4 @@
+import CShmLinux
 import SystemPackage
 
 #if canImport(Glibc)
@@ -13,6 +14,9 @@ extension RingProducer {
         let headerDescriptor = header.descriptor.rawValue
         let doorbellDescriptor = doorbell.descriptor.rawValue
         let mappedSize = UInt64(header.mappedSize)
+        // The header's data epoch (an address: the handler is Sendable; the server stops before
+        // the header is unmapped).
+        let dataEpochAddress = UInt(bitPattern: header.baseAddress! + RingLayout.Wake.dataEpoch)
         let pid = getpid()
         let uid = geteuid()
         return { request, _, _ in
@@ -90,7 +94,13 @@ extension RingProducer {
             response.keepOpen = true
             // The consumer detached or died: the producer stops looking at its slot at once, and
             // the slot is free for the next joiner (who gets a fresh page).
-            response.onClose = { slots.reclaim(handed.slot) }
+            response.onClose = {
+                slots.reclaim(handed.slot)
+                // The consumer may have died woken, before it passed the wake on to the other
+                // sleepers (docs/wakeup.md, "Waking many"): wake them all, once. Those with
+                // nothing to read look and sleep again.
+                _ = CShmLinux_futex_wake(UnsafeMutablePointer(bitPattern: dataEpochAddress)!, Int32.max, false)
+            }
             return response
         }
     }

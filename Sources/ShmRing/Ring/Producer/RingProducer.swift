@@ -36,6 +36,20 @@ public final class RingProducer {
     /// Wakes issued to sleeping consumers: one `FUTEX_WAKE` each, however many slept
     /// (docs/wakeup.md).
     public var wakes: UInt64 { state.pointee.wake.wakes }
+    /// The doorbell as the producer sees it, for the measurement of waking many (ring-fan-out):
+    /// whether a consumer announced the current epoch, how many consumers count themselves as
+    /// asleep, and whether a wake is still to be passed on.
+    package var doorbellForTests: (announced: Bool, sleepers: UInt32, passOnPending: Bool) {
+        let doorbell = UnsafeMutableRawPointer(state.pointee.wake.doorbell) - RingLayout.Doorbell.dataWaiting
+        func word(_ offset: Int) -> UInt32 {
+            CShmAtomics_u32_load_relaxed((doorbell + offset).assumingMemoryBound(to: UInt32.self))
+        }
+        return (
+            word(RingLayout.Doorbell.dataWaiting) == state.pointee.wake.dataEpoch &+ 1,
+            word(RingLayout.Doorbell.sleepers),
+            state.pointee.wake.dataEpoch != 0 && word(RingLayout.Doorbell.passOn) == state.pointee.wake.dataEpoch
+        )
+    }
     /// Whether publishing fences before it looks for sleepers (membarrier is refused here).
     public var fencesEveryPublish: Bool { state.pointee.wake.symmetricFence }
     /// Where the next record starts (unless it needs padding at the end of the lap); after a

@@ -214,9 +214,10 @@ struct RingWriter {
         }
     }
 
-    /// Moves the data epoch on and wakes everyone asleep on it: one `FUTEX_WAKE` however many
-    /// sleep. Consumers that announced this epoch and are not asleep yet find the word changed
-    /// when they call `FUTEX_WAIT` (it returns at once).
+    /// Moves the data epoch on and wakes one consumer asleep on it, which passes the wake on to
+    /// the others when there are others: one `FUTEX_WAKE` of one sleeper however many sleep.
+    /// Consumers that announced this epoch and are not asleep yet find the word changed when they
+    /// call `FUTEX_WAIT` (it returns at once).
     @usableFromInline @inline(never)
     func wakeSleepers() {
         let epoch = state.pointee.wake.dataEpoch &+ 1
@@ -225,7 +226,29 @@ struct RingWriter {
         // new epoch (acquire, before it announces) must also see the commit that caused it.
         // Partner: the acquire load of `data_epoch` in RingConsumer.wait.
         CShmAtomics_u32_store_release(state.pointee.wake.dataEpochWord, epoch)
-        _ = CShmLinux_futex_wake(state.pointee.wake.dataEpochWord, Int32.max, false)
+        // Waking many (docs/wakeup.md, "Waking many"): this thread wakes one sleeper, whatever
+        // their number, and asks it to pass the wake on when the doorbell counts more than one.
+        // Seq_cst fence: the epoch store (above) before the load of the count (below), against
+        // a consumer's increment of the count (a locked instruction) before its futex wait reads
+        // the epoch: either this load counts that consumer, or its wait sees the new epoch and
+        // does not sleep. Partner: the increment in RingConsumer.wait(timeout:interrupt:). (On
+        // the wake path only, next to a system call.)
+        CShmAtomics_fence_seq_cst()
+        let doorbell = UnsafeMutableRawPointer(state.pointee.wake.doorbell) - RingLayout.Doorbell.dataWaiting
+        let sleepers = (doorbell + RingLayout.Doorbell.sleepers).assumingMemoryBound(to: UInt32.self)
+        var wakeCount: Int32 = 1
+        if CShmAtomics_u32_load_relaxed(sleepers) > 1 {
+            if epoch == 0 {
+                // Once in 2^32 wakes: 0 is the token's "nothing to pass on"; wake them all here.
+                wakeCount = .max
+            } else {
+                // Relaxed: the FUTEX_WAKE below (a system call) comes before the woken consumer's
+                // look at it. Partner: the compare-and-swap in Sleeper.passWakeOn.
+                CShmAtomics_u32_store_relaxed(
+                    (doorbell + RingLayout.Doorbell.passOn).assumingMemoryBound(to: UInt32.self), epoch)
+            }
+        }
+        _ = CShmLinux_futex_wake(state.pointee.wake.dataEpochWord, wakeCount, false)
         state.pointee.wake.wakes &+= 1
         // Relaxed: statistics.
         CShmAtomics_u64_store_relaxed(view.word(RingLayout.Wake.wakes), state.pointee.wake.wakes)

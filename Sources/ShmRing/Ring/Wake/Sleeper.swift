@@ -1,3 +1,4 @@
+import CShmAtomics
 import CShmLinux
 import SystemPackage
 
@@ -12,6 +13,13 @@ import Glibc
 /// that refuses `io_uring_setup`, or `SHMRING_WAKE_FALLBACK=1` for tests), it sleeps in
 /// `FUTEX_WAIT` with the timeout and looks at the connection afterwards; `fallbackReason` says why.
 ///
+/// Two more uses of the same ring:
+/// - an *interrupt*: an eventfd whose readability also ends a sleep (the `AsyncSequence` ends
+///   its waiter's sleep with it when its task is cancelled), polled by a request that stays
+///   queued across sleeps while the same descriptor is given;
+/// - *arming* (docs/wakeup.md, "Event loops"): queue the futex wait without waiting for it; its
+///   completion makes the registered `eventDescriptor` readable, for an event loop to see.
+///
 /// Owned by one consumer; not thread-safe (neither is the consumer).
 final class Sleeper {
     /// What ended a sleep.
@@ -21,6 +29,8 @@ final class Sleeper {
         case timedOut
         /// The rendezvous connection hung up.
         case producerGone
+        /// The interrupt descriptor became readable.
+        case interrupted
     }
 
     private var ring: IOURing?
@@ -28,13 +38,34 @@ final class Sleeper {
     private(set) var fallbackReason: String?
     /// The poll for the connection's hang-up is queued (it stays armed across sleeps).
     private var pollArmed = false
-    /// Tags this sleep's futex wait, so that a completion of an earlier one is told apart.
+    /// The hang-up was seen (for good: a connection does not come back).
+    private(set) var producerGone = false
+    /// The futex wait queued and not completed yet, with the value it compares with: a later
+    /// sleep on the same value reuses it (an armed wait that no wake ended), one on another value
+    /// queues its own (the old one completes on its own: the word moved).
+    private var pendingFutex: (tag: UInt64, expected: UInt32)?
+    /// The poll of the interrupt descriptor, while queued.
+    private var interrupt: (descriptor: Int32, tag: UInt64)?
+    /// Futex waits that a wake ended since the last `takeWakes()` (statistics).
+    private var wakes: UInt64 = 0
+    /// Tags requests, so that a completion of an earlier one is told apart.
     private var generation: UInt64 = 0
+    /// The eventfd registered on the ring (`makeEventDescriptor`), closed with the sleeper.
+    private(set) var eventDescriptor: FileDescriptor?
+
+    /// The ring's key, for errors.
+    private let key: String
+    /// The doorbell's `sleepers` count and `pass_on` token ("Waking many").
+    private let sleepers: UnsafeMutablePointer<UInt32>
+    private let passOn: UnsafeMutablePointer<UInt32>
 
     private static let pollTag: UInt64 = 1
     private static let cancelTag: UInt64 = 2
 
-    init() {
+    init(key: String, doorbell: UnsafeMutableRawPointer) {
+        self.key = key
+        sleepers = (doorbell + RingLayout.Doorbell.sleepers).assumingMemoryBound(to: UInt32.self)
+        passOn = (doorbell + RingLayout.Doorbell.passOn).assumingMemoryBound(to: UInt32.self)
         if let forced = getenv("SHMRING_WAKE_FALLBACK"), String(cString: forced) == "1" {
             fallbackReason = "SHMRING_WAKE_FALLBACK=1"
         } else if !IOURing.supportsFutexWait {
@@ -42,29 +73,47 @@ final class Sleeper {
         } else {
             // No IORING_SETUP_SINGLE_ISSUER: a consumer may be used from one thread, then another.
             do {
-                ring = try IOURing(entries: 8)
+                ring = try IOURing(entries: 16)
             } catch {
                 fallbackReason = "\(error)"
             }
         }
     }
 
-    /// Sleeps while `*word == expected`, at most `timeout`, or until `connection` hangs up.
-    func sleep(on word: UnsafeMutablePointer<UInt32>, expected: UInt32, connection: FileDescriptor, timeout: Duration)
-        -> Outcome
-    {
-        guard let ring else { return fallbackSleep(on: word, expected: expected, connection: connection, timeout) }
-        generation &+= 1
-        let futexTag = generation << 8 | 3
+    deinit {
+        ring = nil  // first: the ring's requests hold references to the descriptors below
+        eventDescriptor?.closeIgnoringErrors()
+    }
+
+    /// Sleeps while `*word == expected`, at most `timeout`, or until `connection` hangs up or
+    /// `interrupt` becomes readable. Then passes a wake on if the producer asked for it.
+    func sleep(
+        on word: UnsafeMutablePointer<UInt32>, expected: UInt32, connection: FileDescriptor,
+        interrupt interruptDescriptor: FileDescriptor? = nil, timeout: Duration
+    ) -> Outcome {
+        let outcome: Outcome
+        if ring == nil {
+            outcome = fallbackSleep(on: word, expected: expected, connection: connection, interruptDescriptor, timeout)
+        } else {
+            outcome = sleepInRing(on: word, expected: expected, connection: connection, interruptDescriptor, timeout)
+        }
+        passWakeOn(word)
+        return outcome
+    }
+
+    private func sleepInRing(
+        on word: UnsafeMutablePointer<UInt32>, expected: UInt32, connection: FileDescriptor,
+        _ interruptDescriptor: FileDescriptor?, _ timeout: Duration
+    ) -> Outcome {
+        guard let ring else { return .woken }
+        reap()
+        if producerGone { return .producerGone }
+        let futexTag: UInt64
         do throws(SystemCallError) {
-            if !pollArmed {
-                let events = UInt32(UInt16(bitPattern: CShmLinux_POLLRDHUP)) | UInt32(POLLHUP) | UInt32(POLLERR)
-                try ring.preparePoll(connection, events: events, userData: Self.pollTag)
-                pollArmed = true
-            }
-            try ring.prepareFutexWait(word, expected: expected, userData: futexTag)
+            try queueRequests(on: ring, connection: connection, interrupt: interruptDescriptor)
+            futexTag = try queueFutexWait(on: ring, word: word, expected: expected)
         } catch {
-            return fallbackSleep(on: word, expected: expected, connection: connection, timeout)
+            return giveUp("\(error)", .woken)
         }
         let deadline = ContinuousClock.now + timeout
         var outcome: Outcome?
@@ -74,10 +123,10 @@ final class Sleeper {
             let completion: IOURing.Completion?
             do throws(SystemCallError) {
                 if outcome != nil {
-                    // Timed out or the producer went: the futex wait was taken back (below).
+                    // Timed out, interrupted or the producer went: the futex wait was taken back.
                     completion = try ring.wait()
                 } else {
-                    // The first wait also submits the futex wait (and a new poll): one system call.
+                    // The first wait also submits what was queued: one system call.
                     completion = try ring.submitAndWait(timeout: max(deadline - ContinuousClock.now, .zero))
                 }
             } catch {
@@ -88,54 +137,242 @@ final class Sleeper {
                 if let failed = cancel(futexTag, on: ring) { return giveUp(failed, .timedOut) }
                 continue
             }
-            switch completion.userData {
-            case futexTag:
+            switch handle(completion) {
+            case .futex(let tag, let result) where tag == futexTag:
                 // 0: woken; -EAGAIN: the word had changed already; -ECANCELED: taken back.
-                let result = completion.result
                 guard result == 0 || result == -EAGAIN || result == -ECANCELED else {
                     return giveUp("io_uring futex wait: \(Errno(rawValue: -result))", outcome ?? .woken)
                 }
                 return outcome ?? .woken
-            case Self.pollTag:
-                pollArmed = false
-                if outcome == nil, let failed = cancel(futexTag, on: ring) { return giveUp(failed, .producerGone) }
-                outcome = .producerGone
-            default:
-                continue  // the cancellation's own completion
+            case .hangUp, .interrupted:
+                if outcome == nil {
+                    outcome = producerGone ? .producerGone : .interrupted
+                    if let failed = cancel(futexTag, on: ring) { return giveUp(failed, outcome!) }
+                }
+            case .futex, .other:
+                continue
             }
         }
     }
 
-    /// Takes the futex wait tagged `tag` back; a description of the failure, or nil.
+    /// Queues a wait while `*word == expected` (and the hang-up poll) without waiting: its
+    /// completion makes `eventDescriptor` readable. Returns false when the producer is gone.
+    func arm(on word: UnsafeMutablePointer<UInt32>, expected: UInt32, connection: FileDescriptor) throws(RingError)
+        -> Bool
+    {
+        guard let ring else { throw unsupported() }
+        reap()
+        passWakeOn(word)
+        if producerGone { return false }
+        do throws(SystemCallError) {
+            try queueRequests(on: ring, connection: connection, interrupt: nil)
+            _ = try queueFutexWait(on: ring, word: word, expected: expected)
+            try ring.submit()
+        } catch {
+            throw RingError(error, key: key)
+        }
+        return true
+    }
+
+    /// The eventfd that becomes readable whenever a request of this sleeper completes, made and
+    /// registered on its ring at the first call.
+    func makeEventDescriptor() throws(RingError) -> FileDescriptor {
+        if let eventDescriptor { return eventDescriptor }
+        guard let ring else { throw unsupported() }
+        let raw = CShmLinux_eventfd(0, CShmLinux_EFD_CLOEXEC | CShmLinux_EFD_NONBLOCK)
+        guard raw >= 0 else {
+            throw RingError(
+                .outOfResources, key: key, "cannot make an eventfd", syscall: "eventfd", errno: Errno(rawValue: errno))
+        }
+        let descriptor = FileDescriptor(rawValue: raw)
+        do throws(SystemCallError) {
+            try ring.register(eventFD: descriptor)
+        } catch {
+            descriptor.closeIgnoringErrors()
+            throw RingError(error, key: key)
+        }
+        eventDescriptor = descriptor
+        return descriptor
+    }
+
+    private func unsupported() -> RingError {
+        RingError(
+            .unsupported, key: key,
+            "this consumer of \(key) sleeps without io_uring (\(fallbackReason ?? "unknown")), so it has no wake-up "
+                + "descriptor for an event loop")
+    }
+
+    /// Futex waits that a wake ended since the last call.
+    func takeWakes() -> UInt64 {
+        defer { wakes = 0 }
+        return wakes
+    }
+
+    /// Takes back the poll of the interrupt descriptor (its owner is about to close it).
+    func forgetInterrupt() {
+        guard let ring, let queued = interrupt else { return }
+        interrupt = nil
+        if let failed = cancel(queued.tag, on: ring) { _ = giveUp(failed, .woken) }
+    }
+
+    // MARK: - Requests and completions
+
+    private enum Event {
+        case futex(tag: UInt64, result: Int32)
+        case hangUp
+        case interrupted
+        case other
+    }
+
+    /// Updates the state for one completion.
+    private func handle(_ completion: IOURing.Completion) -> Event {
+        let tag = completion.userData
+        if tag == Self.pollTag {
+            pollArmed = false
+            producerGone = true
+            return .hangUp
+        }
+        switch tag & 0xff {
+        case 3:
+            if tag == pendingFutex?.tag { pendingFutex = nil }
+            leaveSleepers()
+            if completion.result == 0 { wakes &+= 1 }
+            return .futex(tag: tag, result: completion.result)
+        case 4 where tag == interrupt?.tag && completion.result != -ECANCELED:
+            interrupt = nil
+            return .interrupted
+        default:
+            return .other  // a cancellation, or a request taken back
+        }
+    }
+
+    /// Handles every completion already there.
+    private func reap() {
+        guard let ring else { return }
+        while let completion = ring.peek() { _ = handle(completion) }
+    }
+
+    /// Queues the hang-up poll and the interrupt's poll where they are not queued yet.
+    private func queueRequests(on ring: IOURing, connection: FileDescriptor, interrupt descriptor: FileDescriptor?)
+        throws(SystemCallError)
+    {
+        if !pollArmed {
+            let events = UInt32(UInt16(bitPattern: CShmLinux_POLLRDHUP)) | UInt32(POLLHUP) | UInt32(POLLERR)
+            try ring.preparePoll(connection, events: events, userData: Self.pollTag)
+            pollArmed = true
+        }
+        guard let descriptor, interrupt?.descriptor != descriptor.rawValue else { return }
+        if let old = interrupt {
+            try ring.prepareCancel(old.tag, userData: Self.cancelTag)
+            interrupt = nil
+        }
+        generation &+= 1
+        let tag = generation << 8 | 4
+        try ring.preparePoll(descriptor, events: UInt32(POLLIN), userData: tag)
+        interrupt = (descriptor.rawValue, tag)
+    }
+
+    /// Queues a futex wait on `expected` unless one is still queued on that value; its tag.
+    private func queueFutexWait(on ring: IOURing, word: UnsafeMutablePointer<UInt32>, expected: UInt32)
+        throws(SystemCallError) -> UInt64
+    {
+        if let pending = pendingFutex, pending.expected == expected { return pending.tag }
+        generation &+= 1
+        let tag = generation << 8 | 3
+        try ring.prepareFutexWait(word, expected: expected, userData: tag)
+        joinSleepers()
+        pendingFutex = (tag, expected)
+        return tag
+    }
+
+    // MARK: - Waking many (docs/wakeup.md, "Waking many")
+
+    /// Counts this consumer among the sleepers, before its futex wait can reach the kernel.
+    /// Seq_cst (a locked instruction, a full barrier): the count before the wait's read of the
+    /// epoch, against the producer's epoch store before its read of the count. Partner: the
+    /// fence in RingWriter.wakeSleepers.
+    private func joinSleepers() { _ = CShmAtomics_u32_fetch_add_seq_cst(sleepers, 1) }
+
+    /// Counts it out again once its futex wait is over (relaxed: a hint; a count too high costs
+    /// a pass-on that wakes nobody, and a count cannot go too low while this wait is queued).
+    private func leaveSleepers() { _ = CShmAtomics_u32_fetch_add_relaxed(sleepers, UInt32.max) }
+
+    /// The producer woke one sleeper and asked for the wake to be passed on (`pass_on` holds the
+    /// current epoch): the first consumer back from a sleep that takes the token wakes every
+    /// other sleeper, with one `FUTEX_WAKE` of its own.
+    private func passWakeOn(_ word: UnsafeMutablePointer<UInt32>) {
+        // Acquire, as every load of the epoch (RingConsumer.wait); relaxed for the token: the
+        // producer stored it before its FUTEX_WAKE, which came before this consumer's return
+        // (a token seen late is a pass-on done by another consumer, or a stale epoch).
+        var token = CShmAtomics_u32_load_acquire(word)
+        guard token != 0, CShmAtomics_u32_load_relaxed(passOn) == token else { return }
+        // Acq_rel: one consumer takes the token; partner: the producer's store in
+        // RingWriter.wakeSleepers and the other consumers' exchanges.
+        if CShmAtomics_u32_compare_exchange_acq_rel(passOn, &token, 0) {
+            _ = CShmLinux_futex_wake(word, Int32.max, false)
+            passedOn &+= 1
+        }
+    }
+
+    /// Wakes this consumer passed on to the others (statistics).
+    private(set) var passedOn: UInt64 = 0
+
+    /// Takes back the request tagged `tag`; a description of the failure, or nil.
     private func cancel(_ tag: UInt64, on ring: IOURing) -> String? {
         do throws(SystemCallError) {
             try ring.prepareCancel(tag, userData: Self.cancelTag)
             try ring.submit()
             return nil
         } catch {
-            return "io_uring could not cancel a futex wait: \(error)"
+            return "io_uring could not cancel a request: \(error)"
         }
     }
 
     /// The io_uring path failed in a way that leaves its state unknown: tear the ring down (which
     /// cancels whatever is queued) and sleep in `FUTEX_WAIT` from now on.
     private func giveUp(_ reason: String, _ outcome: Outcome) -> Outcome {
-        ring = nil
+        ring = nil  // cancels what is queued: the futex waits counted in `sleepers` among them
         pollArmed = false
+        if pendingFutex != nil { leaveSleepers() }  // (earlier ones were counted out when they completed)
+        pendingFutex = nil
+        interrupt = nil
         fallbackReason = reason
         return outcome
     }
 
-    /// `FUTEX_WAIT` with the timeout, then a look at the connection.
+    /// `FUTEX_WAIT` with the timeout, then a look at the connection. With an interrupt
+    /// descriptor, in slices of at most 20 ms, looking at it between them.
     private func fallbackSleep(
-        on word: UnsafeMutablePointer<UInt32>, expected: UInt32, connection: FileDescriptor, _ timeout: Duration
+        on word: UnsafeMutablePointer<UInt32>, expected: UInt32, connection: FileDescriptor,
+        _ interruptDescriptor: FileDescriptor?, _ timeout: Duration
     ) -> Outcome {
-        let nanoseconds = timeout.clampedNanoseconds
-        var time = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
-        let timedOut = CShmLinux_futex_wait(word, expected, &time, false) != 0 && errno == ETIMEDOUT
-        var entry = pollfd(fd: connection.rawValue, events: CShmLinux_POLLRDHUP, revents: 0)
+        let deadline = ContinuousClock.now + timeout
+        var timedOut = false
+        while true {
+            let left = deadline - ContinuousClock.now
+            let slice = interruptDescriptor == nil ? left : min(left, .milliseconds(20))
+            let nanoseconds = max(slice, .zero).clampedNanoseconds
+            var time = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
+            joinSleepers()
+            let sliceEnded = CShmLinux_futex_wait(word, expected, &time, false) != 0 && errno == ETIMEDOUT
+            leaveSleepers()
+            if let interruptDescriptor, Self.isReadable(interruptDescriptor, events: Int16(POLLIN)) {
+                return .interrupted
+            }
+            if !sliceEnded { break }
+            if ContinuousClock.now >= deadline {
+                timedOut = true
+                break
+            }
+        }
         let hangUp = CShmLinux_POLLRDHUP | Int16(POLLHUP) | Int16(POLLERR)
-        if Glibc.poll(&entry, 1, 0) > 0 && entry.revents & hangUp != 0 { return .producerGone }
+        if Self.isReadable(connection, events: hangUp) { return .producerGone }
         return timedOut ? .timedOut : .woken
+    }
+
+    /// Whether `descriptor` has one of `events` now (a poll that does not wait).
+    private static func isReadable(_ descriptor: FileDescriptor, events: Int16) -> Bool {
+        var entry = pollfd(fd: descriptor.rawValue, events: events, revents: 0)
+        return Glibc.poll(&entry, 1, 0) > 0 && entry.revents & events != 0
     }
 }

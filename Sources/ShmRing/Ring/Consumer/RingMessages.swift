@@ -1,0 +1,199 @@
+import CShmLinux
+import Dispatch
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One message of a ring, copied out of it: what `RingConsumer.messages()` delivers.
+public struct RingMessage: Sendable, Equatable {
+    /// The payload (an owned copy: one allocation per message).
+    public var bytes: [UInt8]
+    /// Its sequence number, position, type tag and what was missed before it.
+    public var info: RingRecordInfo
+
+    public init(bytes: [UInt8], info: RingRecordInfo) {
+        self.bytes = bytes
+        self.info = info
+    }
+}
+
+extension RingConsumer {
+    /// The consumer's messages as an `AsyncSequence`:
+    ///
+    /// ```swift
+    /// for try await message in consumer.messages() {
+    ///     handle(message.bytes)
+    /// }
+    /// // here: the producer is gone and everything it committed was read, or the task was cancelled
+    /// ```
+    ///
+    /// - Each element is an owned copy of the payload (one allocation per message). For zero-copy
+    ///   reading, use `poll` in a loop of your own.
+    /// - Messages that are there are polled on the iterating task. When there are none, the wait
+    ///   runs on a thread of its own (a serial dispatch queue), never on the cooperative pool: it
+    ///   spins, yields and then blocks in `wait(timeout:)` as `idle` says (by default the
+    ///   calibrated spins, then blocking, looking again every second). A woken message reaches the
+    ///   task after two wake-ups: the consumer's, then the task's.
+    /// - Cancelling the iterating task ends the iteration at once: the waiting thread's sleep also
+    ///   watches an eventfd that the cancellation makes readable (without io_uring, it looks every
+    ///   20 ms).
+    /// - The iteration ends (`nil`) when the producer is gone and everything it committed was
+    ///   read. It throws what `poll` throws (`.demoted` ends it too: iterate again to go on).
+    ///
+    /// Iterate once, from one task at a time, and do not poll the consumer meanwhile: the sequence
+    /// uses the consumer, which is not thread-safe.
+    public func messages(idle: IdleStrategy = .block()) -> RingMessages {
+        RingMessages(consumer: self, idle: idle)
+    }
+}
+
+/// The messages of a `RingConsumer` (see `RingConsumer.messages(idle:)`).
+public struct RingMessages: AsyncSequence {
+    public typealias Element = RingMessage
+    public typealias Failure = RingError
+
+    let consumer: RingConsumer
+    let idle: IdleStrategy
+
+    public func makeAsyncIterator() -> Iterator { Iterator(waiter: MessageWaiter(consumer: consumer, idle: idle)) }
+
+    public struct Iterator: AsyncIteratorProtocol {
+        public typealias Element = RingMessage
+        public typealias Failure = RingError
+
+        let waiter: MessageWaiter
+        var finished = false
+
+        public mutating func next(isolation actor: isolated (any Actor)? = #isolation) async throws(RingError)
+            -> RingMessage?
+        {
+            while !finished {
+                if Task.isCancelled { break }
+                var message: RingMessage?
+                do {
+                    // The owned copy: one allocation, here.
+                    try waiter.consumer.poll(limit: 1) { bytes, info in
+                        message = RingMessage(
+                            bytes: bytes.withUnsafeBytes { [UInt8]($0) }, info: info)
+                        return .continue
+                    }
+                } catch {
+                    finished = true
+                    waiter.finish()
+                    throw error
+                }
+                if let message { return message }
+                let waited = await waiter.waitOffThePool()
+                switch waited {
+                case .ready, .timedOut: continue
+                case .producerGone, .interrupted: finished = true
+                case .failed(let error):
+                    finished = true
+                    waiter.finish()
+                    throw error
+                }
+            }
+            finished = true
+            waiter.finish()
+            return nil
+        }
+
+        public mutating func next() async throws(RingError) -> RingMessage? {
+            try await next(isolation: nil)
+        }
+    }
+}
+
+/// The iterator's waiting half: a serial dispatch queue on which the consumer idles (spins,
+/// yields, sleeps) while the iterating task is suspended, and the eventfd that its cancellation
+/// writes.
+///
+/// `@unchecked Sendable`: the consumer is used by one side at a time. The task polls it, then
+/// hands it to the queue and stays suspended until the queue's block resumes it; the continuation
+/// orders the two (a resume happens before the resumed code runs). `finish` runs on the task
+/// after the last wait returned.
+final class MessageWaiter: @unchecked Sendable {
+    /// What one wait off the pool ended with.
+    enum Waited {
+        case ready, timedOut, producerGone, interrupted
+        case failed(RingError)
+    }
+
+    let consumer: RingConsumer
+    let idle: IdleStrategy
+    private let queue = DispatchQueue(label: "ShmRing.RingMessages")
+    /// Written once by a cancellation (an eventfd: its readability also ends an io_uring sleep).
+    private let cancellation: FileDescriptor?
+    private let cancelled = Atomic<Bool>(false)
+    private var finished = false
+
+    init(consumer: RingConsumer, idle: IdleStrategy) {
+        self.consumer = consumer
+        self.idle = idle
+        let raw = CShmLinux_eventfd(0, CShmLinux_EFD_CLOEXEC | CShmLinux_EFD_NONBLOCK)
+        // Without an eventfd, a cancelled wait ends at its next look (below), not at once.
+        cancellation = raw >= 0 ? FileDescriptor(rawValue: raw) : nil
+    }
+
+    deinit { finish() }
+
+    /// Idles as `idle` says on the queue, until a message may be there, the producer goes, or
+    /// the task is cancelled.
+    func waitOffThePool() async -> Waited {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Waited, Never>) in
+                queue.async { continuation.resume(returning: self.idleOnce()) }
+            }
+        } onCancel: {
+            cancel()
+        }
+    }
+
+    /// Runs on the queue.
+    private func idleOnce() -> Waited {
+        var rounds = 0
+        while !cancelled.load(ordering: .relaxed) {
+            if consumer.hasMessage { return .ready }
+            guard let timeout = idle.blockTimeout(after: rounds) else {
+                idle.idle(&rounds)
+                continue
+            }
+            // Without the eventfd, look at the cancellation every 20 ms.
+            let slice = cancellation == nil ? min(timeout, .milliseconds(20)) : timeout
+            do throws(RingError) {
+                switch try consumer.wait(timeout: slice, interrupt: cancellation) {
+                case .ready: return .ready
+                case .timedOut: return cancellation == nil ? .ready : .timedOut
+                case .producerGone: return .producerGone
+                case .interrupted: return .interrupted
+                }
+            } catch {
+                return .failed(error)
+            }
+        }
+        return .interrupted
+    }
+
+    /// Called by the task's cancellation, on any thread.
+    private func cancel() {
+        // Relaxed: the eventfd write (a system call) orders it for the waiting thread, which
+        // only needs to see it eventually (the next look of its loop).
+        cancelled.store(true, ordering: .relaxed)
+        if let cancellation {
+            var one: UInt64 = 1
+            _ = write(cancellation.rawValue, &one, 8)
+        }
+    }
+
+    /// The iteration is over: the consumer's sleeper forgets the cancellation eventfd, which
+    /// closes. Runs on the task (or at deinit), never while the queue uses the consumer.
+    func finish() {
+        guard !finished else { return }
+        finished = true
+        consumer.sleeper?.forgetInterrupt()
+        cancellation?.closeIgnoringErrors()
+    }
+}
