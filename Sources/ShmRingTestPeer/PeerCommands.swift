@@ -32,6 +32,7 @@ enum PeerCommands {
         "ring-bench-child": RingBench.child,
         "ring-wait-consume": WakeCommands.consume,
         "ring-fan-out": WakeCommands.fanOut,
+        "ring-idle-consume": WakeCommands.idleConsume,
         "ring-wait-pingpong": WakeCommands.pingPong,
         "ring-doorbell-scribble": WakeCommands.scribbleDoorbell,
     ]

@@ -225,4 +225,67 @@ enum WakeCommands {
             CShmAtomics_u32_store_relaxed(doorbell, value & 1 == 0 ? value : consumer.dataEpochForTests &+ 1)
         }
     }
+
+    /// `--key K --count N --idle spin|yield|backoff|block`: the idle-strategy table
+    /// (perf/idle-table.py). Attaches (gating), reads N generated messages (from `shmring pub
+    /// --rate`), idling as told between them, and reports the one-way latency from each message's
+    /// stamp to its poll (`latency_p50_ns=`, `latency_p99_ns=`, `latency_p999_ns=`, after the
+    /// first twentieth, a warm-up; `slowest=` lists the five slowest as index:ns) and the CPU
+    /// time this process used from the first message to the last (`cpu_ns=`, user + system,
+    /// getrusage), with `elapsed_ns=`.
+    static func idleConsume(_ options: PeerOptions) throws {
+        let consumer = try RingConsumer(key: options.string("key"))
+        let count = options.int("count")
+        let strategy: IdleStrategy =
+            switch options.string("idle") {
+            case "spin": .spin
+            case "yield": .yield
+            case "backoff": .backoff
+            case "block": .block()
+            default: PeerRuntime.fail("--idle spin|yield|backoff|block")
+            }
+        PeerRuntime.ready("attached")
+        var latencies = [UInt64]()
+        latencies.reserveCapacity(count)
+        var (cpuStart, started): (UInt64, UInt64) = (0, 0)
+        var rounds = 0
+        while latencies.count < count {
+            let got = try consumer.poll(limit: count - latencies.count) { bytes, _ in
+                let now = RingCommands.now()
+                if case .valid(_, let stamp) = bytes.withUnsafeBytes({ GeneratedMessage.check($0) }) {
+                    latencies.append(now &- stamp)
+                }
+                return .continue
+            }
+            if got > 0 {
+                rounds = 0
+                if started == 0 { (cpuStart, started) = (cpuNanoseconds(), RingCommands.now()) }
+                continue
+            }
+            if try consumer.idle(using: strategy, rounds: &rounds) == .producerGone { break }
+        }
+        let (cpu, elapsed) = (cpuNanoseconds() - cpuStart, RingCommands.now() - started)
+        // Where the slowest ones were (diagnostics: a stall shows as a run of neighbours; the
+        // first messages pay for the first sleep's set-up, a few milliseconds).
+        let slowest = latencies.indices.sorted { latencies[$0] > latencies[$1] }.prefix(5)
+        PeerRuntime.report("slowest=\(slowest.map { "\($0):\(latencies[$0])" }.joined(separator: ","))")
+        // The first twentieth is warm-up.
+        latencies = latencies[(latencies.count / 20)...].sorted()
+        PeerRuntime.report("messages=\(latencies.count)")
+        PeerRuntime.report("latency_p50_ns=\(latencies[latencies.count / 2])")
+        PeerRuntime.report("latency_p99_ns=\(latencies[latencies.count * 99 / 100])")
+        PeerRuntime.report("latency_p999_ns=\(latencies[latencies.count * 999 / 1000])")
+        PeerRuntime.report("cpu_ns=\(cpu)")
+        PeerRuntime.report("elapsed_ns=\(elapsed)")
+        PeerRuntime.report("sleeps=\(consumer.sleeps)")
+        consumer.detach()
+    }
+
+    /// User + system CPU time of this process so far.
+    static func cpuNanoseconds() -> UInt64 {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        func nanoseconds(_ time: timeval) -> UInt64 { UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_usec) * 1000 }
+        return nanoseconds(usage.ru_utime) + nanoseconds(usage.ru_stime)
+    }
 }
