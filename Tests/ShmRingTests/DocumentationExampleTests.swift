@@ -82,4 +82,36 @@ import Testing
         #expect(received == [3])
         #expect(ContinuousClock.now - started < .seconds(60), "a bound, not a timing")
     }
+
+    /// README.md's `AsyncSequence`, as written there: the producer publishes two messages from
+    /// another thread and then goes; the iteration ends by itself.
+    @Test func theAsyncSequenceExample() async throws {
+        let key = uniqueKey()
+        nonisolated(unsafe) var producer: RingProducer? = try RingProducer(key: key)
+        let consumer = try RingConsumer(key: key)
+        let publisher = Thread {
+            _ = try? producer?.publish([1, 2, 3])
+            _ = try? producer?.publish([4, 5])
+            producer?.close()
+            producer = nil
+        }
+        publisher.start()
+        nonisolated(unsafe) let reading = consumer
+        let iteration = Task {
+            var received: [[UInt8]] = []
+            func handle(_ bytes: [UInt8]) { received.append(bytes) }
+
+            for try await message in reading.messages() {
+                handle(message.bytes)
+            }
+            return received
+        }
+        // A bound, not a timing: a watchdog ends the iteration if the producer's end is missed.
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(60))
+            iteration.cancel()
+        }
+        #expect(try await iteration.value == [[1, 2, 3], [4, 5]])
+        watchdog.cancel()
+    }
 }

@@ -4,8 +4,9 @@ import Glibc
 
 /// Starts a joinable POSIX thread running `body`.
 ///
-/// ShmRing does not use Foundation or Dispatch; its few threads (the rendezvous server) are plain
-/// pthreads with a known lifetime: started by their owner and joined by it.
+/// ShmRing does not use Foundation or Dispatch; its few threads (the rendezvous server, an
+/// `AsyncSequence`'s waiting thread) are plain pthreads with a known lifetime: started by their
+/// owner and joined by it.
 package func startThread(_ body: @escaping @Sendable () -> Void) throws(SystemCallError) -> pthread_t {
     let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
     var thread = pthread_t()

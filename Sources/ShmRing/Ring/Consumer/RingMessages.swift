@@ -1,6 +1,5 @@
+import CShmAtomics
 import CShmLinux
-import Dispatch
-import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
@@ -33,7 +32,8 @@ extension RingConsumer {
     /// - Each element is an owned copy of the payload (one allocation per message). For zero-copy
     ///   reading, use `poll` in a loop of your own.
     /// - Messages that are there are polled on the iterating task. When there are none, the wait
-    ///   runs on a thread of its own (a serial dispatch queue), never on the cooperative pool: it
+    ///   runs on a thread of the iterator's own (started at the first wait, joined when the
+    ///   iteration ends), never on the cooperative pool: it
     ///   spins, yields and then blocks in `wait(timeout:)` as `idle` says (by default the
     ///   calibrated spins, then blocking, looking again every second). A woken message reaches the
     ///   task after two wake-ups: the consumer's, then the task's.
@@ -107,14 +107,13 @@ public struct RingMessages: AsyncSequence {
     }
 }
 
-/// The iterator's waiting half: a serial dispatch queue on which the consumer idles (spins,
-/// yields, sleeps) while the iterating task is suspended, and the eventfd that its cancellation
-/// writes.
+/// The iterator's waiting half: a thread of its own on which the consumer idles (spins, yields,
+/// sleeps) while the iterating task is suspended, and the eventfd that its cancellation writes.
 ///
 /// `@unchecked Sendable`: the consumer is used by one side at a time. The task polls it, then
-/// hands it to the queue and stays suspended until the queue's block resumes it; the continuation
-/// orders the two (a resume happens before the resumed code runs). `finish` runs on the task
-/// after the last wait returned.
+/// hands it to the thread (under `mutex`) and stays suspended until the thread resumes it; the
+/// mutex and the continuation order the two. `finish` runs on the task after the last wait
+/// returned (or at deinit), and joins the thread.
 final class MessageWaiter: @unchecked Sendable {
     /// What one wait off the pool ended with.
     enum Waited {
@@ -124,10 +123,16 @@ final class MessageWaiter: @unchecked Sendable {
 
     let consumer: RingConsumer
     let idle: IdleStrategy
-    private let queue = DispatchQueue(label: "ShmRing.RingMessages")
     /// Written once by a cancellation (an eventfd: its readability also ends an io_uring sleep).
     private let cancellation: FileDescriptor?
-    private let cancelled = Atomic<Bool>(false)
+    /// 1 once cancelled (a word of its own: the waiting thread reads it between spins).
+    private let cancelled = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    /// Guards `request`, `stopping` and `thread`.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var request: CheckedContinuation<Waited, Never>?
+    private var stopping = false
+    private var thread: pthread_t?
     private var finished = false
 
     init(consumer: RingConsumer, idle: IdleStrategy) {
@@ -136,26 +141,63 @@ final class MessageWaiter: @unchecked Sendable {
         let raw = CShmLinux_eventfd(0, CShmLinux_EFD_CLOEXEC | CShmLinux_EFD_NONBLOCK)
         // Without an eventfd, a cancelled wait ends at its next look (below), not at once.
         cancellation = raw >= 0 ? FileDescriptor(rawValue: raw) : nil
+        cancelled.initialize(to: 0)
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(condition, nil)
     }
 
-    deinit { finish() }
+    deinit {
+        finish()
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deallocate()
+        mutex.deallocate()
+        cancelled.deallocate()
+    }
 
-    /// Idles as `idle` says on the queue, until a message may be there, the producer goes, or
-    /// the task is cancelled.
+    /// Idles as `idle` says on the waiting thread, until a message may be there, the producer
+    /// goes, or the task is cancelled.
     func waitOffThePool() async -> Waited {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Waited, Never>) in
-                queue.async { continuation.resume(returning: self.idleOnce()) }
+                pthread_mutex_lock(mutex)
+                if thread == nil {
+                    do throws(SystemCallError) {
+                        thread = try startThread { [self] in serve() }
+                    } catch {
+                        pthread_mutex_unlock(mutex)
+                        continuation.resume(returning: .failed(RingError(error, key: consumer.key)))
+                        return
+                    }
+                }
+                request = continuation
+                pthread_cond_signal(condition)
+                pthread_mutex_unlock(mutex)
             }
         } onCancel: {
             cancel()
         }
     }
 
-    /// Runs on the queue.
+    /// The waiting thread: takes one request at a time until `finish`.
+    private func serve() {
+        pthread_mutex_lock(mutex)
+        while true {
+            while request == nil && !stopping { pthread_cond_wait(condition, mutex) }
+            guard let continuation = request else { break }
+            request = nil
+            pthread_mutex_unlock(mutex)
+            continuation.resume(returning: idleOnce())
+            pthread_mutex_lock(mutex)
+        }
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Runs on the waiting thread.
     private func idleOnce() -> Waited {
         var rounds = 0
-        while !cancelled.load(ordering: .relaxed) {
+        // Relaxed: the flag only needs to be seen eventually (the eventfd, below, ends a sleep).
+        while CShmAtomics_u32_load_relaxed(cancelled) == 0 {
             if consumer.hasMessage { return .ready }
             guard let timeout = idle.blockTimeout(after: rounds) else {
                 idle.idle(&rounds)
@@ -179,20 +221,28 @@ final class MessageWaiter: @unchecked Sendable {
 
     /// Called by the task's cancellation, on any thread.
     private func cancel() {
-        // Relaxed: the eventfd write (a system call) orders it for the waiting thread, which
-        // only needs to see it eventually (the next look of its loop).
-        cancelled.store(true, ordering: .relaxed)
+        // Relaxed: the eventfd write (a system call) makes a sleeping wait see it at once; a
+        // spinning one sees the flag at its next look.
+        CShmAtomics_u32_store_relaxed(cancelled, 1)
         if let cancellation {
             var one: UInt64 = 1
             _ = write(cancellation.rawValue, &one, 8)
         }
     }
 
-    /// The iteration is over: the consumer's sleeper forgets the cancellation eventfd, which
-    /// closes. Runs on the task (or at deinit), never while the queue uses the consumer.
+    /// The iteration is over: the waiting thread ends, the consumer's sleeper forgets the
+    /// cancellation eventfd, which closes. Runs on the task (or at deinit), never while the
+    /// thread uses the consumer.
     func finish() {
         guard !finished else { return }
         finished = true
+        pthread_mutex_lock(mutex)
+        stopping = true
+        let running = thread
+        thread = nil
+        pthread_cond_signal(condition)
+        pthread_mutex_unlock(mutex)
+        if let running { pthread_join(running, nil) }
         consumer.sleeper?.forgetInterrupt()
         cancellation?.closeIgnoringErrors()
     }
