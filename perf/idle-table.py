@@ -10,7 +10,9 @@ runs once, in an order that turns with the round; the report gives medians (min-
 latency p50 / p99 / p99.9 and the consumer's CPU per message and share of one CPU. Neither
 the publisher is pinned to CPU 0 and the consumer to CPU 1 (the publisher paces by spinning for
 gaps under 200 µs: unpinned, a woken consumer lands on the spinning publisher's CPU and waits for
-it, milliseconds). The first twentieth of each run is warm-up (the first sleep sets up io_uring).
+it, milliseconds). The first twentieth of each run is warm-up: the first few messages of a run
+wait 1.5-3 ms with every strategy that sleeps (cause not pinned down; io_uring's set-up takes
+50-200 µs).
 
 Results: perf/results/idle-table-DATE.txt (not in git)."""
 import argparse

@@ -266,7 +266,7 @@ enum WakeCommands {
         }
         let (cpu, elapsed) = (cpuNanoseconds() - cpuStart, RingCommands.now() - started)
         // Where the slowest ones were (diagnostics: a stall shows as a run of neighbours; the
-        // first messages pay for the first sleep's set-up, a few milliseconds).
+        // first few messages of a run that sleeps wait 1.5-3 ms, hence the warm-up below).
         let slowest = latencies.indices.sorted { latencies[$0] > latencies[$1] }.prefix(5)
         PeerRuntime.report("slowest=\(slowest.map { "\($0):\(latencies[$0])" }.joined(separator: ","))")
         // The first twentieth is warm-up.
