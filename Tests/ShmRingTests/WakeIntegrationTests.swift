@@ -102,6 +102,38 @@ extension MultiProcess {
             _ = producer.wait(timeout: .seconds(60))
         }
 
+        /// Leaving the loop early (`break`) ends the iterator's waiting thread, and the consumer
+        /// can be iterated again.
+        @Test func leavingTheLoopEarlyEndsItsWaitingThread() async throws {
+            let key = uniqueKey()
+            let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 16))
+            let consumer = try RingConsumer(key: key)
+            // Publishes once the consumer sleeps (so that the loop has started its thread).
+            nonisolated(unsafe) let (publishing, watched) = (producer, consumer)
+            let publisher = Thread {
+                let deadline = ContinuousClock.now + .seconds(60)
+                while watched.sleeps == 0 && ContinuousClock.now < deadline { usleep(1000) }
+                _ = try? publishing.publish([1])
+                _ = try? publishing.publish([2])
+            }
+            publisher.start()
+            var first: [UInt8] = []
+            for try await message in consumer.messages() {
+                first = message.bytes
+                break
+            }
+            #expect(first == [1])
+            #expect(consumer.sleeps > 0, "the loop never waited")
+            #expect(consumer.waitingThreads == 0, "the waiting thread outlived the loop")
+            var second: [UInt8] = []
+            for try await message in consumer.messages() {
+                second = message.bytes
+                break
+            }
+            #expect(second == [2])
+            #expect(consumer.waitingThreads == 0)
+        }
+
         /// Cancelling tasks that iterate (four, more than the cooperative pool's threads here)
         /// ends each iteration at once, while another task keeps running meanwhile: the waits are
         /// off the pool.
@@ -215,8 +247,7 @@ extension MultiProcess {
                 let count = CShmTestSupport_epoll_wait(epoll, &ready, 4, 1000)
                 for descriptor in ready.prefix(Int(max(count, 0))) {
                     if descriptor == wake {
-                        var value: UInt64 = 0
-                        _ = read(wake, &value, 8)  // drain (EAGAIN is fine)
+                        consumer.acknowledgeWakeEvent()  // drains it, passes a wake on
                         try drainRing()
                     } else {
                         var buffer = [UInt8](repeating: 0, count: 64)
@@ -230,6 +261,69 @@ extension MultiProcess {
             consumer.detach()
             #expect(producer.wait(timeout: .seconds(60)) == .exited(0), "\(producer.standardError)")
             print("wake-up, epoll: \(checker.received) messages and \(socketBytes) socket bytes")
+        }
+
+        /// A consumer armed for an event loop and a blocking one sleep on the same ring; the
+        /// producer wakes one of them per message (often the armed one, the oldest waiter), and
+        /// the armed one passes the wake on in `acknowledgeWakeEvent()`: the blocking one never
+        /// waits for its timeout.
+        @Test func anArmedConsumerPassesTheWakeOn() throws {
+            guard CShmLinux_uring_probe_futex_wait() == 1 else { return }  // no eventfd without io_uring
+            let key = uniqueKey()
+            let rounds = 50
+            let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 16))
+            let armed = try RingConsumer(key: key)
+            let wake = try armed.wakeEventDescriptor()
+            #expect(try armed.armWakeEvent() == .armed)  // the first waiter in the kernel's queue
+            // Its waits time out only after 10 minutes: a wake that nobody passes on shows as a
+            // stall of the publisher below, not as a timeout.
+            let blocking = try ChildProcess(
+                TestPeer.forHeavyLoops,
+                ["ring-wait-consume", "--key", key, "--count", "\(rounds)", "--timeout-ms", "600000"])
+            // Publishes a message whenever both sleep and the last wake was passed on. A round
+            // in which that does not happen within 30 s (a bound, not a timing) is a stall: the
+            // wake landed on a consumer that did not pass it on. After a stall it publishes the
+            // rest without waiting, so that both consumers finish.
+            let stalls = Counter()
+            nonisolated(unsafe) let publishing = producer
+            let publisher = Thread {
+                var message = [UInt8](repeating: 0, count: 64)
+                for sequence in 0..<UInt64(rounds) {
+                    let deadline = ContinuousClock.now + .seconds(30)
+                    while stalls.value == 0 {
+                        let doorbell = publishing.doorbellForTests
+                        if doorbell.announced && doorbell.sleepers == 2 && !doorbell.passOnPending { break }
+                        if ContinuousClock.now > deadline { stalls.add() }
+                        usleep(200)
+                    }
+                    message.withUnsafeMutableBytes {
+                        GeneratedMessage.write(sequence: sequence, timestamp: 0, into: $0)
+                    }
+                    _ = try? publishing.publish(message)
+                }
+            }
+            publisher.start()
+            let epoll = CShmTestSupport_epoll_create()
+            try #require(epoll >= 0 && CShmTestSupport_epoll_add_readable(epoll, wake) == 0)
+            defer { close(epoll) }
+            var received = 0
+            var ready: [Int32] = [0]
+            let deadline = ContinuousClock.now + .seconds(300)
+            while received < rounds && ContinuousClock.now < deadline {
+                guard CShmTestSupport_epoll_wait(epoll, &ready, 1, 1000) == 1 else { continue }
+                armed.acknowledgeWakeEvent()
+                while true {
+                    received += try armed.poll { _, _ in .continue }
+                    if try armed.armWakeEvent() != .ready { break }
+                }
+            }
+            #expect(received == rounds)
+            #expect(blocking.wait(timeout: .seconds(300)) == .exited(0), "\(blocking.standardError)")
+            let results = blocking.results
+            #expect(results["received"] == "\(rounds)", "\(results)")
+            #expect(stalls.value == 0, "a wake was not passed on")
+            print("wake-up, armed and blocking: \(results)")
+            armed.detach()
         }
 
         /// 16 consumers asleep (each its own process) all receive every message of bursts.

@@ -103,8 +103,7 @@ enum EpollConsumer {
                 guard count >= 0 else { fail("epoll_wait: errno \(errno)") }
                 for descriptor in ready.prefix(Int(count)) {
                     if descriptor == wake {
-                        var value: UInt64 = 0
-                        _ = read(wake, &value, 8)  // drain it (EAGAIN is fine)
+                        consumer.acknowledgeWakeEvent()  // drains it, passes a wake on if asked
                         try readRing()
                     } else {
                         let connection = accept(listener, nil, nil)

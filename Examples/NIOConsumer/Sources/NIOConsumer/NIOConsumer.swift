@@ -74,7 +74,9 @@ final class WakeHandler: ChannelInboundHandler, Sendable {
     init(feed: Feed) { self.feed = feed }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        feed.read()  // NIO read the eventfd's counter: it is drained
+        // NIO read the eventfd's counter (it is drained); this passes a wake on if asked.
+        feed.consumer.acknowledgeWakeEvent()
+        feed.read()
     }
 }
 

@@ -2,6 +2,10 @@ import CShmAtomics
 import CShmLinux
 import SystemPackage
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Sleeping until the producer publishes (docs/wakeup.md).
 extension RingConsumer {
     /// What ended a `wait`.
@@ -63,6 +67,10 @@ extension RingConsumer {
     /// on, or nil when a message is there (or a wake happened) and the caller should poll.
     private func announceSleep() throws(RingError) -> UInt32? {
         guard !state.pointee.closed else { throw RingError(.closed, key: key, "the consumer of \(key) is detached") }
+        // A wake that ended one of this consumer's earlier waits (an armed one) is passed on
+        // before anything else ("Waking many"): the other sleepers must not wait for this
+        // consumer to run out of messages.
+        sleeper?.reapCompletions()
         if hasMessage { return nil }
         let epochWord = view.word32(RingLayout.Wake.dataEpoch)
         // Acquire: a consumer that sees an epoch also sees the commits that came before its wake.
@@ -79,15 +87,18 @@ extension RingConsumer {
         // doorbell after it (and wakes this epoch). Partner: RingWriter.wakeSleepersIfAny.
         Membarrier.fenceWithOthers()
         if hasMessage { return nil }
-        if sleeper == nil { sleeper = Sleeper(key: key, doorbell: doorbellBase) }
+        makeSleeperIfNeeded()
         // Relaxed: statistics.
         let sleeps = slot.word(RingLayout.Slot.sleeps)
         CShmAtomics_u64_store_relaxed(sleeps, CShmAtomics_u64_load_relaxed(sleeps) &+ 1)
         return epoch
     }
 
-    private var doorbellBase: UnsafeMutableRawPointer {
-        UnsafeMutableRawPointer(doorbellWord) - RingLayout.Doorbell.dataWaiting
+    /// Made at the first wait (or the first look at the wake-up eventfd).
+    private func makeSleeperIfNeeded() {
+        guard sleeper == nil else { return }
+        let doorbell = UnsafeMutableRawPointer(doorbellWord) - RingLayout.Doorbell.dataWaiting
+        sleeper = Sleeper(key: key, doorbell: doorbell, epochWord: view.word32(RingLayout.Wake.dataEpoch))
     }
 
     /// Adds the wakes the sleeper saw to the slot's `woken` (statistics, relaxed).
@@ -118,7 +129,8 @@ extension RingConsumer {
     /// non-blocking.
     ///
     /// The contract, in a loop:
-    /// 1. when it is readable, drain it (`read` 8 bytes; `EAGAIN` is fine);
+    /// 1. when it is readable, call `acknowledgeWakeEvent()` (it drains the eventfd, and passes
+    ///    the wake on to the ring's other sleepers when the producer asked this consumer to);
     /// 2. poll the consumer until a poll returns 0;
     /// 3. call `armWakeEvent()`: on `.ready` go back to 2, on `.armed` return to the event loop,
     ///    on `.producerGone` stop.
@@ -131,8 +143,21 @@ extension RingConsumer {
     ///   `.closed` after `detach()`.
     public func wakeEventDescriptor() throws(RingError) -> CInt {
         guard !state.pointee.closed else { throw closedError() }
-        if sleeper == nil { sleeper = Sleeper(key: key, doorbell: doorbellBase) }
+        makeSleeperIfNeeded()
         return try sleeper!.makeEventDescriptor().rawValue
+    }
+
+    /// Step 1 of the event-loop contract (`wakeEventDescriptor()`): drains the eventfd and
+    /// handles what completed, passing a wake on to the ring's other sleepers at once when the
+    /// producer's single wake landed on this consumer ("Waking many" in docs/wakeup.md) — so
+    /// call it first, before polling. No system call but the eventfd's `read` (and a
+    /// `FUTEX_WAKE` when it passes a wake on).
+    public func acknowledgeWakeEvent() {
+        guard !state.pointee.closed, let sleeper, let descriptor = sleeper.eventDescriptor else { return }
+        var value: UInt64 = 0
+        _ = read(descriptor.rawValue, &value, 8)  // EAGAIN: already drained (by a framework)
+        sleeper.reapCompletions()
+        countWakes()
     }
 
     /// Announces that this consumer sleeps and queues its wait on its io_uring without waiting,

@@ -43,6 +43,8 @@ public final class RingConsumer {
     let connection: FileDescriptor
     /// Sleeping and being woken (docs/wakeup.md); made at the first wait.
     var sleeper: Sleeper?
+    /// The `AsyncSequence` waiting threads running for this consumer (for the tests).
+    package var waitingThreads = 0
 
     /// The ring's capacity in bytes.
     public var capacity: Int { view.capacity }

@@ -109,11 +109,12 @@ public struct RingMessages: AsyncSequence {
 
 /// The iterator's waiting half: a thread of its own on which the consumer idles (spins, yields,
 /// sleeps) while the iterating task is suspended, and the eventfd that its cancellation writes.
+/// Owned by the iterator alone: when the iterator goes (the loop ended, or was left with `break`
+/// or an error), `deinit` stops and joins the thread. The thread holds `WaitingThread`, never
+/// this object.
 ///
-/// `@unchecked Sendable`: the consumer is used by one side at a time. The task polls it, then
-/// hands it to the thread (under `mutex`) and stays suspended until the thread resumes it; the
-/// mutex and the continuation order the two. `finish` runs on the task after the last wait
-/// returned (or at deinit), and joins the thread.
+/// `@unchecked Sendable`: only the iterating task uses it (`waitOffThePool`, `finish`); the
+/// thread and the cancellation handler use `WaitingThread`.
 final class MessageWaiter: @unchecked Sendable {
     /// What one wait off the pool ended with.
     enum Waited {
@@ -122,18 +123,68 @@ final class MessageWaiter: @unchecked Sendable {
     }
 
     let consumer: RingConsumer
-    let idle: IdleStrategy
-    /// Written once by a cancellation (an eventfd: its readability also ends an io_uring sleep).
-    private let cancellation: FileDescriptor?
-    /// 1 once cancelled (a word of its own: the waiting thread reads it between spins).
-    private let cancelled = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
-    /// Guards `request`, `stopping` and `thread`.
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private var request: CheckedContinuation<Waited, Never>?
-    private var stopping = false
+    private let waiting: WaitingThread
     private var thread: pthread_t?
     private var finished = false
+
+    init(consumer: RingConsumer, idle: IdleStrategy) {
+        self.consumer = consumer
+        waiting = WaitingThread(consumer: consumer, idle: idle)
+    }
+
+    deinit { finish() }
+
+    /// Idles as `idle` says on the waiting thread (started at the first call), until a message
+    /// may be there, the producer goes, or the task is cancelled.
+    func waitOffThePool() async -> Waited {
+        if thread == nil {
+            let waiting = waiting
+            do throws(SystemCallError) {
+                thread = try startThread { waiting.serve() }
+            } catch {
+                return .failed(RingError(error, key: consumer.key))
+            }
+        }
+        let waiting = waiting
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Waited, Never>) in
+                waiting.submit(continuation)
+            }
+        } onCancel: {
+            waiting.cancel()
+        }
+    }
+
+    /// The iteration is over: the waiting thread ends (it is idle: no wait is in flight when the
+    /// task gets here), the consumer's sleeper forgets the cancellation eventfd, which closes.
+    func finish() {
+        guard !finished else { return }
+        finished = true
+        waiting.stop()
+        if let thread { pthread_join(thread, nil) }
+        thread = nil
+        consumer.sleeper?.forgetInterrupt()
+        waiting.closeCancellation()
+    }
+}
+
+/// What the waiting thread and the cancellation handler share with the iterator.
+///
+/// `@unchecked Sendable`: `request` and `stopping` are guarded by `mutex`; the consumer is used
+/// by the thread only between taking a request and resuming it, while the task is suspended (the
+/// mutex and the continuation order the two); `cancelled` is an atomic word.
+final class WaitingThread: @unchecked Sendable {
+    private let consumer: RingConsumer
+    private let idle: IdleStrategy
+    /// Written once by a cancellation (an eventfd: its readability also ends an io_uring sleep).
+    private let cancellation: FileDescriptor?
+    /// 1 once cancelled (a word of its own: the thread reads it between spins).
+    private let cancelled = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var request: CheckedContinuation<MessageWaiter.Waited, Never>?
+    private var stopping = false
+    private var closed = false
 
     init(consumer: RingConsumer, idle: IdleStrategy) {
         self.consumer = consumer
@@ -147,7 +198,7 @@ final class MessageWaiter: @unchecked Sendable {
     }
 
     deinit {
-        finish()
+        closeCancellation()
         pthread_cond_destroy(condition)
         pthread_mutex_destroy(mutex)
         condition.deallocate()
@@ -155,32 +206,28 @@ final class MessageWaiter: @unchecked Sendable {
         cancelled.deallocate()
     }
 
-    /// Idles as `idle` says on the waiting thread, until a message may be there, the producer
-    /// goes, or the task is cancelled.
-    func waitOffThePool() async -> Waited {
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Waited, Never>) in
-                pthread_mutex_lock(mutex)
-                if thread == nil {
-                    do throws(SystemCallError) {
-                        thread = try startThread { [self] in serve() }
-                    } catch {
-                        pthread_mutex_unlock(mutex)
-                        continuation.resume(returning: .failed(RingError(error, key: consumer.key)))
-                        return
-                    }
-                }
-                request = continuation
-                pthread_cond_signal(condition)
-                pthread_mutex_unlock(mutex)
-            }
-        } onCancel: {
-            cancel()
-        }
+    /// Hands one wait to the thread (from the task).
+    func submit(_ continuation: CheckedContinuation<MessageWaiter.Waited, Never>) {
+        pthread_mutex_lock(mutex)
+        request = continuation
+        pthread_cond_signal(condition)
+        pthread_mutex_unlock(mutex)
     }
 
-    /// The waiting thread: takes one request at a time until `finish`.
-    private func serve() {
+    /// Ends `serve` once it is idle (from the task).
+    func stop() {
+        pthread_mutex_lock(mutex)
+        stopping = true
+        pthread_cond_signal(condition)
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// The thread: takes one request at a time until `stop`.
+    func serve() {
+        // Plain: before the first request is taken (which orders it for the task) and after
+        // the last one, before the thread ends (pthread_join orders it for the task).
+        consumer.waitingThreads += 1
+        defer { consumer.waitingThreads -= 1 }
         pthread_mutex_lock(mutex)
         while true {
             while request == nil && !stopping { pthread_cond_wait(condition, mutex) }
@@ -193,8 +240,8 @@ final class MessageWaiter: @unchecked Sendable {
         pthread_mutex_unlock(mutex)
     }
 
-    /// Runs on the waiting thread.
-    private func idleOnce() -> Waited {
+    /// Runs on the thread.
+    private func idleOnce() -> MessageWaiter.Waited {
         var rounds = 0
         // Relaxed: the flag only needs to be seen eventually (the eventfd, below, ends a sleep).
         while CShmAtomics_u32_load_relaxed(cancelled) == 0 {
@@ -220,30 +267,23 @@ final class MessageWaiter: @unchecked Sendable {
     }
 
     /// Called by the task's cancellation, on any thread.
-    private func cancel() {
+    func cancel() {
         // Relaxed: the eventfd write (a system call) makes a sleeping wait see it at once; a
         // spinning one sees the flag at its next look.
         CShmAtomics_u32_store_relaxed(cancelled, 1)
-        if let cancellation {
+        pthread_mutex_lock(mutex)  // not while `closeCancellation` closes it
+        if let cancellation, !closed {
             var one: UInt64 = 1
             _ = write(cancellation.rawValue, &one, 8)
         }
+        pthread_mutex_unlock(mutex)
     }
 
-    /// The iteration is over: the waiting thread ends, the consumer's sleeper forgets the
-    /// cancellation eventfd, which closes. Runs on the task (or at deinit), never while the
-    /// thread uses the consumer.
-    func finish() {
-        guard !finished else { return }
-        finished = true
+    /// Closes the cancellation eventfd (once the consumer's sleeper has forgotten it).
+    func closeCancellation() {
         pthread_mutex_lock(mutex)
-        stopping = true
-        let running = thread
-        thread = nil
-        pthread_cond_signal(condition)
+        if !closed { cancellation?.closeIgnoringErrors() }
+        closed = true
         pthread_mutex_unlock(mutex)
-        if let running { pthread_join(running, nil) }
-        consumer.sleeper?.forgetInterrupt()
-        cancellation?.closeIgnoringErrors()
     }
 }

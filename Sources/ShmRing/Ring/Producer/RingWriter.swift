@@ -200,7 +200,7 @@ struct RingWriter {
         // The Dekker pair with a sleeping consumer: commit word (store), then doorbell (load).
         // The consumer about to sleep announces itself, then calls membarrier, which makes this
         // thread pass a full barrier: so only the compiler must keep the load after the store.
-        // Partner: RingConsumer.wait (announce, membarrier, re-check). Without membarrier
+        // Partner: RingConsumer.announceSleep (announce, membarrier, re-check). Without membarrier
         // (`symmetricFence`), a full fence here instead.
         if state.pointee.wake.symmetricFence {
             CShmAtomics_fence_seq_cst()
@@ -224,15 +224,15 @@ struct RingWriter {
         state.pointee.wake.dataEpoch = epoch
         // Release: nothing to publish with it (the records are), but a consumer that reads the
         // new epoch (acquire, before it announces) must also see the commit that caused it.
-        // Partner: the acquire load of `data_epoch` in RingConsumer.wait.
+        // Partner: the acquire load of `data_epoch` in RingConsumer.announceSleep.
         CShmAtomics_u32_store_release(state.pointee.wake.dataEpochWord, epoch)
         // Waking many (docs/wakeup.md, "Waking many"): this thread wakes one sleeper, whatever
         // their number, and asks it to pass the wake on when the doorbell counts more than one.
         // Seq_cst fence: the epoch store (above) before the load of the count (below), against
         // a consumer's increment of the count (a locked instruction) before its futex wait reads
         // the epoch: either this load counts that consumer, or its wait sees the new epoch and
-        // does not sleep. Partner: the increment in RingConsumer.wait(timeout:interrupt:). (On
-        // the wake path only, next to a system call.)
+        // does not sleep. Partner: the locked increment in Sleeper.joinSleepers. (On the wake
+        // path only, next to a system call.)
         CShmAtomics_fence_seq_cst()
         let doorbell = UnsafeMutableRawPointer(state.pointee.wake.doorbell) - RingLayout.Doorbell.dataWaiting
         let sleepers = (doorbell + RingLayout.Doorbell.sleepers).assumingMemoryBound(to: UInt32.self)
@@ -243,7 +243,7 @@ struct RingWriter {
                 wakeCount = .max
             } else {
                 // Relaxed: the FUTEX_WAKE below (a system call) comes before the woken consumer's
-                // look at it. Partner: the compare-and-swap in Sleeper.passWakeOn.
+                // look at it. Partner: the load before the compare-and-swap in Sleeper.passWakeOn.
                 CShmAtomics_u32_store_relaxed(
                     (doorbell + RingLayout.Doorbell.passOn).assumingMemoryBound(to: UInt32.self), epoch)
             }

@@ -55,15 +55,21 @@ final class Sleeper {
 
     /// The ring's key, for errors.
     private let key: String
-    /// The doorbell's `sleepers` count and `pass_on` token ("Waking many").
+    /// The doorbell's `sleepers` count and `pass_on` token ("Waking many"), and the data epoch
+    /// (the word every futex wait of this sleeper is on).
     private let sleepers: UnsafeMutablePointer<UInt32>
     private let passOn: UnsafeMutablePointer<UInt32>
+    private let epochWord: UnsafeMutablePointer<UInt32>
+    /// Futex waits of this sleeper that are counted in `sleepers` and not counted out yet
+    /// (queued, or completed and not reaped).
+    private var countedWaits: UInt32 = 0
 
     private static let pollTag: UInt64 = 1
     private static let cancelTag: UInt64 = 2
 
-    init(key: String, doorbell: UnsafeMutableRawPointer) {
+    init(key: String, doorbell: UnsafeMutableRawPointer, epochWord: UnsafeMutablePointer<UInt32>) {
         self.key = key
+        self.epochWord = epochWord
         sleepers = (doorbell + RingLayout.Doorbell.sleepers).assumingMemoryBound(to: UInt32.self)
         passOn = (doorbell + RingLayout.Doorbell.passOn).assumingMemoryBound(to: UInt32.self)
         if let forced = getenv("SHMRING_WAKE_FALLBACK"), String(cString: forced) == "1" {
@@ -82,6 +88,7 @@ final class Sleeper {
 
     deinit {
         ring = nil  // first: the ring's requests hold references to the descriptors below
+        leaveSleepers(countedWaits)  // the waits the teardown cancelled
         eventDescriptor?.closeIgnoringErrors()
     }
 
@@ -97,7 +104,7 @@ final class Sleeper {
         } else {
             outcome = sleepInRing(on: word, expected: expected, connection: connection, interruptDescriptor, timeout)
         }
-        passWakeOn(word)
+        passWakeOn()
         return outcome
     }
 
@@ -162,7 +169,6 @@ final class Sleeper {
     {
         guard let ring else { throw unsupported() }
         reap()
-        passWakeOn(word)
         if producerGone { return false }
         do throws(SystemCallError) {
             try queueRequests(on: ring, connection: connection, interrupt: nil)
@@ -235,8 +241,13 @@ final class Sleeper {
         switch tag & 0xff {
         case 3:
             if tag == pendingFutex?.tag { pendingFutex = nil }
-            leaveSleepers()
-            if completion.result == 0 { wakes &+= 1 }
+            leaveSleepers(1)
+            if completion.result == 0 {
+                wakes &+= 1
+                // Whichever of this consumer's waits the producer's single wake picked (an armed
+                // one too, or one a later sleep replaced), the wake is passed on here.
+                passWakeOn()
+            }
             return .futex(tag: tag, result: completion.result)
         case 4 where tag == interrupt?.tag && completion.result != -ECANCELED:
             interrupt = nil
@@ -291,28 +302,43 @@ final class Sleeper {
     /// Seq_cst (a locked instruction, a full barrier): the count before the wait's read of the
     /// epoch, against the producer's epoch store before its read of the count. Partner: the
     /// fence in RingWriter.wakeSleepers.
-    private func joinSleepers() { _ = CShmAtomics_u32_fetch_add_seq_cst(sleepers, 1) }
+    private func joinSleepers() {
+        countedWaits &+= 1
+        _ = CShmAtomics_u32_fetch_add_seq_cst(sleepers, 1)
+    }
 
-    /// Counts it out again once its futex wait is over (relaxed: a hint; a count too high costs
-    /// a pass-on that wakes nobody, and a count cannot go too low while this wait is queued).
-    private func leaveSleepers() { _ = CShmAtomics_u32_fetch_add_relaxed(sleepers, UInt32.max) }
+    /// Counts `waits` out again once they are over (relaxed: a hint; a count too high costs a
+    /// pass-on that wakes nobody, and a count cannot go too low while a wait is queued). A
+    /// consumer killed while asleep never counts itself out: the count then stays too high.
+    private func leaveSleepers(_ waits: UInt32) {
+        let waits = min(waits, countedWaits)
+        guard waits > 0 else { return }
+        countedWaits -= waits
+        _ = CShmAtomics_u32_fetch_add_relaxed(sleepers, 0 &- waits)
+    }
 
     /// The producer woke one sleeper and asked for the wake to be passed on (`pass_on` holds the
     /// current epoch): the first consumer back from a sleep that takes the token wakes every
-    /// other sleeper, with one `FUTEX_WAKE` of its own.
-    private func passWakeOn(_ word: UnsafeMutablePointer<UInt32>) {
-        // Acquire, as every load of the epoch (RingConsumer.wait); relaxed for the token: the
-        // producer stored it before its FUTEX_WAKE, which came before this consumer's return
-        // (a token seen late is a pass-on done by another consumer, or a stale epoch).
-        var token = CShmAtomics_u32_load_acquire(word)
+    /// other sleeper, with one `FUTEX_WAKE` of its own. Called for every futex wait of this
+    /// sleeper that a wake ended (`handle`), and after every sleep however it ended.
+    func passWakeOn() {
+        // Acquire, as every load of the epoch (RingConsumer.announceSleep). Relaxed for the
+        // token: the producer stored it (relaxed) before its FUTEX_WAKE, and that system call
+        // comes before this consumer's wait returned; a token seen late only means another
+        // consumer passed the wake on, or a stale epoch.
+        var token = CShmAtomics_u32_load_acquire(epochWord)
         guard token != 0, CShmAtomics_u32_load_relaxed(passOn) == token else { return }
-        // Acq_rel: one consumer takes the token; partner: the producer's store in
-        // RingWriter.wakeSleepers and the other consumers' exchanges.
+        // Acq_rel: between consumers, exactly one takes the token (a failed exchange takes
+        // nothing); the producer's store is ordered by its system call, as above.
         if CShmAtomics_u32_compare_exchange_acq_rel(passOn, &token, 0) {
-            _ = CShmLinux_futex_wake(word, Int32.max, false)
+            _ = CShmLinux_futex_wake(epochWord, Int32.max, false)
             passedOn &+= 1
         }
     }
+
+    /// Handles the completions already there (each wake among them is passed on), without a
+    /// system call: before a consumer decides whether to sleep.
+    func reapCompletions() { reap() }
 
     /// Wakes this consumer passed on to the others (statistics).
     private(set) var passedOn: UInt64 = 0
@@ -333,7 +359,7 @@ final class Sleeper {
     private func giveUp(_ reason: String, _ outcome: Outcome) -> Outcome {
         ring = nil  // cancels what is queued: the futex waits counted in `sleepers` among them
         pollArmed = false
-        if pendingFutex != nil { leaveSleepers() }  // (earlier ones were counted out when they completed)
+        leaveSleepers(countedWaits)  // every wait still counted: the teardown cancelled them
         pendingFutex = nil
         interrupt = nil
         fallbackReason = reason
@@ -354,8 +380,10 @@ final class Sleeper {
             let nanoseconds = max(slice, .zero).clampedNanoseconds
             var time = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
             joinSleepers()
-            let sliceEnded = CShmLinux_futex_wait(word, expected, &time, false) != 0 && errno == ETIMEDOUT
-            leaveSleepers()
+            let woken = CShmLinux_futex_wait(word, expected, &time, false) == 0
+            let sliceEnded = !woken && errno == ETIMEDOUT
+            leaveSleepers(1)
+            if woken { wakes &+= 1 }
             if let interruptDescriptor, Self.isReadable(interruptDescriptor, events: Int16(POLLIN)) {
                 return .interrupted
             }
