@@ -9,9 +9,10 @@ import Glibc
 
 /// Scenarios of the wake-up path (WakeupTests, docs/wakeup.md).
 enum WakeCommands {
-    /// `--key K --count N [--timeout-ms T] [--burst B]`: attaches (gating, from the oldest
-    /// message), says "attached", and reads N messages, checking each, with `wait(timeout:)`
-    /// whenever a poll finds nothing. Reports the verification, `sleeps=`, `woken=`, `timeouts=`,
+    /// `--key K --count N [--timeout-ms T] [--burst B] [--idle spin]`: attaches (gating, from the
+    /// oldest message), says "attached", and reads N messages, checking each, with
+    /// `wait(timeout:)` whenever a poll finds nothing (with `--idle spin`: spinning in
+    /// `idle(using: .spin)`, which looks for the producer about once per idle millisecond). Reports the verification, `sleeps=`, `woken=`, `timeouts=`,
     /// `fallback=`, and `ended=done|producerGone`; with B, also `first_latencies_ns=`: for the
     /// first message of each burst of B (sequence a multiple of B), the time from its stamp to
     /// its poll, comma-separated (perf/wake-many.py).
@@ -24,6 +25,8 @@ enum WakeCommands {
         var timeouts = 0
         var ended = "done"
         let burst = UInt64(max(0, options.int("burst", default: 0)))
+        let spinning = options.has("idle") && options.string("idle") == "spin"
+        var rounds = 0
         var firstLatencies: [UInt64] = []
         while verification.received < count {
             let got = try consumer.poll(limit: count - verification.received) { bytes, info in
@@ -35,7 +38,15 @@ enum WakeCommands {
                 }
                 return .continue
             }
-            if got > 0 { continue }
+            if got > 0 {
+                rounds = 0
+                continue
+            }
+            if spinning {
+                if try consumer.idle(using: .spin, rounds: &rounds) == .producerGone { ended = "producerGone" }
+                if ended != "done" { break }
+                continue
+            }
             switch try consumer.wait(timeout: timeout) {
             case .ready: break
             case .timedOut: timeouts += 1

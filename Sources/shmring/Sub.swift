@@ -122,11 +122,10 @@ struct Sub: ParsableCommand {
                 rounds = 0
                 continue
             }
-            let waited = try consumer.idle(using: strategy, rounds: &rounds)
-            // A blocking wait says when the producer went; otherwise, about every millisecond of
-            // idleness (or every 256 rounds of a spinning wait): is the producer still there?
-            // Then drain what it committed before going.
-            if waited == .producerGone || (waited == nil && rounds % 256 == 255 && !consumer.isProducerAlive) {
+            // The consumer says when the producer went, whatever the strategy (a blocking wait at
+            // once, the others within about a millisecond of idleness). Then drain what it
+            // committed before going.
+            if try consumer.idle(using: strategy, rounds: &rounds) == .producerGone {
                 _ = try poll(consumer, limit: wanted - state.messages, &state, &output)
                 output.flush()
                 ending = state.ended ? "end of stream" : "producer gone"

@@ -128,6 +128,46 @@ extension MultiProcess {
             #expect(Int(reader.results["sleeps"] ?? "") ?? 0 >= 1, "\(reader.results)")
         }
 
+        /// A consumer that spins (`idle(using: .spin)`, no blocking wait) also learns that the
+        /// producer died, after reading everything it published, and its idleness costs about
+        /// one system call per millisecond, not one per poll (strace counts them).
+        @Test func aSpinningConsumerSeesTheProducerDieWithoutASystemCallPerPoll() throws {
+            let key = uniqueKey()
+            let producer = try ChildProcess(
+                TestPeer.forHeavyLoops, ["ring-produce", "--key", key, "--count", "10", "--wait-consumers", "1"],
+                expectCrash: true)
+            try #require(producer.waitForReady("created"))
+            let report = "/tmp/shmring-strace-spin-\(getpid()).txt"
+            defer { unlink(report) }
+            let reader = try ChildProcess(
+                "/usr/bin/strace",
+                [
+                    "-f", "-c", "-o", report, TestPeer.forHeavyLoops, "ring-wait-consume", "--key", key, "--count",
+                    "1000", "--idle", "spin",
+                ])
+            try #require(producer.waitForReady("published"))
+            // The reader spins, idle, for about half a second (how long exactly does not matter:
+            // it is measured, and the bound below scales with it).
+            let idleSince = ContinuousClock.now
+            usleep(500_000)
+            producer.signal(SIGKILL)
+            #expect(producer.wait() == .signaled(SIGKILL))
+            #expect(reader.wait(timeout: .seconds(60)) == .exited(0), "\(reader.standardError)")
+            let idleMilliseconds = Int((ContinuousClock.now - idleSince).clampedNanoseconds / 1_000_000)
+            let results = reader.standardOutput
+            #expect(results.contains("received=10"), "\(results)")
+            #expect(results.contains("ended=producerGone"), "\(results)")
+            let text = try String(contentsOfFile: report, encoding: .utf8)
+            let total = text.split(separator: "\n").last { $0.hasSuffix("total") }?.split(separator: " ")
+            let calls = total.flatMap { $0.count >= 4 ? Int($0[3]) : nil } ?? -1
+            // Start-up and attaching take a few hundred; then about one poll(2) per millisecond.
+            // One per poll would be millions.
+            #expect(
+                calls > 0 && calls < 1000 + 3 * idleMilliseconds,
+                "\(calls) system calls in \(idleMilliseconds) ms of idleness:\n\(text)")
+            print("wake-up, spinning consumer: \(calls) system calls, \(idleMilliseconds) ms idle")
+        }
+
         /// A hostile consumer that scribbles over the doorbell for the whole run can neither block
         /// nor stop the producer, and an honest blocking consumer still receives everything (its
         /// sleeps end by their timeout at worst).

@@ -55,6 +55,8 @@ struct ConsumerState {
     @usableFromInline var symmetricFence: Bool = false
     /// How many times this consumer woke the producer.
     @usableFromInline var producerWakes: UInt64 = 0
+    /// When an idle consumer last looked at the producer's connection (CLOCK_MONOTONIC, ns).
+    var livenessLookedAt: UInt64 = 0
 
     @usableFromInline
     init(view: RingView, slot: ConsumerSlot) {

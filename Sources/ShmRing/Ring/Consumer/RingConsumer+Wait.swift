@@ -178,8 +178,13 @@ extension RingConsumer {
 
     /// Waits once, as `strategy` says: spins, yields or sleeps like `IdleStrategy.idle`, or, for a
     /// strategy with a `blockTimeout` whose spins and yields are used up, blocks in
-    /// `wait(timeout:)`. Returns what the wait returned (nil when it did not block). Count the
-    /// rounds as for `IdleStrategy.idle`, and set them to 0 when a poll finds messages.
+    /// `wait(timeout:)`. Count the rounds as for `IdleStrategy.idle`, and set them to 0 when a
+    /// poll finds messages.
+    ///
+    /// Returns what a blocking wait returned; `.producerGone` when the producer is gone and
+    /// nothing is left to read, whatever the strategy (a strategy that does not block looks at the
+    /// producer's connection about once per millisecond of idleness: a clock read every 64 rounds,
+    /// and one `poll(2)` when a millisecond has passed, never one per round); nil otherwise.
     ///
     /// ```swift
     /// var rounds = 0
@@ -192,9 +197,23 @@ extension RingConsumer {
     public func idle(using strategy: IdleStrategy, rounds: inout Int) throws(RingError) -> WaitResult? {
         guard let timeout = strategy.blockTimeout(after: rounds) else {
             strategy.idle(&rounds)
+            // A spin is a few tens of nanoseconds: read the clock every 64 of them. Yields and
+            // sleeps are long: every round.
+            if rounds & 63 == 0 || rounds > strategy.spins, producerWentDuringIdleness() { return .producerGone }
             return nil
         }
         return try wait(timeout: timeout)
+    }
+
+    /// Whether the producer is gone and nothing is left, looked at (one `poll(2)` of the
+    /// rendezvous connection) at most once per millisecond.
+    private func producerWentDuringIdleness() -> Bool {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)  // the vDSO: no system call
+        let nanoseconds = UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
+        guard nanoseconds &- state.pointee.livenessLookedAt >= 1_000_000 else { return false }
+        state.pointee.livenessLookedAt = nanoseconds
+        return !isProducerAlive && !hasMessage
     }
 
     /// Waits that went to sleep, and those a wake ended (the rest timed out or saw the producer go).
