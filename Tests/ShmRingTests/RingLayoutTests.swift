@@ -59,7 +59,7 @@ import Testing
             "lag_limit_nanoseconds": RingLayout.Slot.lagLimitNanoseconds, "sleeping": RingLayout.Slot.sleeping,
             "space_epoch": RingLayout.Slot.spaceEpoch,
             "sleeps": RingLayout.Slot.sleeps, "woken": RingLayout.Slot.woken,
-            "announced": RingLayout.Slot.announced,
+            "announced": RingLayout.Slot.announced, "counted_waits": RingLayout.Slot.countedWaits,
             "generation": RingLayout.Slot.generation, "notice": RingLayout.Slot.notice,
         ],
     ]

@@ -168,6 +168,29 @@ extension MultiProcess {
             print("wake-up, spinning consumer: \(calls) system calls, \(idleMilliseconds) ms idle")
         }
 
+        /// A consumer killed while asleep never counts itself out of the doorbell's `sleepers`:
+        /// the producer's server does, from its slot's `counted_waits`, when it reclaims the slot.
+        @Test func aConsumerKilledAsleepIsCountedOutOfTheSleepers() throws {
+            let key = uniqueKey()
+            let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 16))
+            let reader = try ChildProcess(
+                TestPeer.debug, ["ring-wait-consume", "--key", key, "--count", "1", "--timeout-ms", "600000"],
+                expectCrash: true)
+            // Bounds of a minute each, not timings.
+            func until(_ condition: () -> Bool) -> Bool {
+                let deadline = ContinuousClock.now + .seconds(60)
+                while !condition() && ContinuousClock.now < deadline { usleep(1000) }
+                return condition()
+            }
+            #expect(until { producer.doorbellForTests.sleepers == 1 }, "the consumer never slept")
+            reader.signal(SIGKILL)
+            #expect(reader.wait() == .signaled(SIGKILL))
+            #expect(until { producer.activeConsumerCount == 0 }, "the slot was not reclaimed")
+            #expect(
+                until { producer.doorbellForTests.sleepers == 0 },
+                "still \(producer.doorbellForTests.sleepers) sleepers after the only one died")
+        }
+
         /// A hostile consumer that scribbles over the doorbell for the whole run can neither block
         /// nor stop the producer, and an honest blocking consumer still receives everything (its
         /// sleeps end by their timeout at worst).

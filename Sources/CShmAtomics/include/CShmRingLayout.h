@@ -254,7 +254,11 @@ typedef struct {
     /// Waits that announced themselves in the doorbell (each may cost the producer one wake,
     /// whether it then slept or found a message on its last look).
     uint64_t announced;
-    uint8_t reserved2[CSHMRING_GROUP - 32];
+    /// Futex waits this consumer has counted in the doorbell's `sleepers` and not counted out
+    /// yet: when the consumer dies, the producer's server takes them back out of `sleepers`.
+    uint32_t counted_waits;
+    uint32_t reserved4;
+    uint8_t reserved2[CSHMRING_GROUP - 40];
     // Owner line: written by the producer. `generation` is a copy for the consumer and observers
     // (the producer's own copy is private); `notice` is `generation << 2 | CSHMRING_NOTICE_*`.
     uint64_t generation;
@@ -332,6 +336,7 @@ enum {
     CSHMRING_SLOT_SLEEPS = offsetof(CShmRing_slot, sleeps),
     CSHMRING_SLOT_WOKEN = offsetof(CShmRing_slot, woken),
     CSHMRING_SLOT_ANNOUNCED = offsetof(CShmRing_slot, announced),
+    CSHMRING_SLOT_COUNTED_WAITS = offsetof(CShmRing_slot, counted_waits),
     CSHMRING_SLOT_GENERATION = offsetof(CShmRing_slot, generation),
     CSHMRING_SLOT_NOTICE = offsetof(CShmRing_slot, notice),
 };

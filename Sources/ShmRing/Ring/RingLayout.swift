@@ -136,6 +136,8 @@ enum RingLayout {
         @inlinable static var sleeps: Int { Int(CSHMRING_SLOT_SLEEPS) }
         @inlinable static var woken: Int { Int(CSHMRING_SLOT_WOKEN) }
         @inlinable static var announced: Int { Int(CSHMRING_SLOT_ANNOUNCED) }
+        /// Futex waits counted in the doorbell's `sleepers` and not counted out (32 bits).
+        @inlinable static var countedWaits: Int { Int(CSHMRING_SLOT_COUNTED_WAITS) }
         @inlinable static var generation: Int { Int(CSHMRING_SLOT_GENERATION) }
         @inlinable static var notice: Int { Int(CSHMRING_SLOT_NOTICE) }
     }

@@ -142,6 +142,13 @@ final class SlotBoard: @unchecked Sendable {
         return (slot, generation, segments[slot].descriptor)
     }
 
+    /// The futex waits the consumer of `slot` counted in the doorbell's `sleepers` and did not
+    /// count out (its page's `counted_waits`; a hint, capped at 64).
+    func countedWaits(_ slot: Int) -> UInt32 {
+        let word = (page(slot) + RingLayout.Slot.countedWaits).assumingMemoryBound(to: UInt32.self)
+        return min(CShmAtomics_u32_load_relaxed(word), 64)
+    }
+
     /// The consumer of `slot` detached or died: the producer stops looking at it at once, and the
     /// slot is free for the next joiner (with a fresh page).
     func reclaim(_ slot: Int) {

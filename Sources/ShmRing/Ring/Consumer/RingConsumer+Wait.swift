@@ -98,7 +98,9 @@ extension RingConsumer {
     private func makeSleeperIfNeeded() {
         guard sleeper == nil else { return }
         let doorbell = UnsafeMutableRawPointer(doorbellWord) - RingLayout.Doorbell.dataWaiting
-        sleeper = Sleeper(key: key, doorbell: doorbell, epochWord: view.word32(RingLayout.Wake.dataEpoch))
+        sleeper = Sleeper(
+            key: key, doorbell: doorbell, epochWord: view.word32(RingLayout.Wake.dataEpoch),
+            slotCountedWaits: slot.page.advanced(by: RingLayout.Slot.countedWaits).assumingMemoryBound(to: UInt32.self))
     }
 
     /// Adds the wakes the sleeper saw to the slot's `woken` (statistics, relaxed).

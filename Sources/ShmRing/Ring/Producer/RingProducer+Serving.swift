@@ -1,3 +1,4 @@
+import CShmAtomics
 import CShmLinux
 import SystemPackage
 
@@ -17,6 +18,7 @@ extension RingProducer {
         // The header's data epoch (an address: the handler is Sendable; the server stops before
         // the header is unmapped).
         let dataEpochAddress = UInt(bitPattern: header.baseAddress! + RingLayout.Wake.dataEpoch)
+        let sleepersAddress = UInt(bitPattern: doorbell.baseAddress! + RingLayout.Doorbell.sleepers)
         let pid = getpid()
         let uid = geteuid()
         return { request, _, _ in
@@ -95,7 +97,14 @@ extension RingProducer {
             // The consumer detached or died: the producer stops looking at its slot at once, and
             // the slot is free for the next joiner (who gets a fresh page).
             response.onClose = {
+                // Its futex waits still counted in the doorbell's `sleepers` (a consumer killed
+                // asleep never counts itself out): out, before its page goes. Read before
+                // `reclaim`, which hands the slot to the next joiner only later, on this thread.
+                let counted = slots.countedWaits(handed.slot)
                 slots.reclaim(handed.slot)
+                if counted > 0 {
+                    Self.countOut(counted, from: UnsafeMutablePointer(bitPattern: sleepersAddress)!)
+                }
                 // The consumer may have died woken, before it passed the wake on to the other
                 // sleepers (docs/wakeup.md, "Waking many"): wake them all, once. Those with
                 // nothing to read look and sleep again.
@@ -103,5 +112,13 @@ extension RingProducer {
             }
             return response
         }
+    }
+
+    /// Takes `count` waits out of the doorbell's `sleepers`, never below 0 (the page is the
+    /// consumers': its values are hints). Acq_rel compare-and-swap: consumers add and take away
+    /// with locked instructions too (Sleeper.joinSleepers, leaveSleepers).
+    static func countOut(_ count: UInt32, from sleepers: UnsafeMutablePointer<UInt32>) {
+        var current = CShmAtomics_u32_load_relaxed(sleepers)
+        while !CShmAtomics_u32_compare_exchange_acq_rel(sleepers, &current, current - min(current, count)) {}
     }
 }

@@ -61,14 +61,24 @@ final class Sleeper {
     private let passOn: UnsafeMutablePointer<UInt32>
     private let epochWord: UnsafeMutablePointer<UInt32>
     /// Futex waits of this sleeper that are counted in `sleepers` and not counted out yet
-    /// (queued, or completed and not reaped).
-    private var countedWaits: UInt32 = 0
+    /// (queued, or completed and not reaped), mirrored in the slot's `counted_waits` so that the
+    /// producer's server can count them out if this consumer dies.
+    private var countedWaits: UInt32 = 0 {
+        // Relaxed: read by the server after the consumer's connection hung up (the hang-up
+        // orders it); a death between the two updates leaves the count one too high.
+        didSet { CShmAtomics_u32_store_relaxed(slotCountedWaits, countedWaits) }
+    }
+    private let slotCountedWaits: UnsafeMutablePointer<UInt32>
 
     private static let pollTag: UInt64 = 1
     private static let cancelTag: UInt64 = 2
 
-    init(key: String, doorbell: UnsafeMutableRawPointer, epochWord: UnsafeMutablePointer<UInt32>) {
+    init(
+        key: String, doorbell: UnsafeMutableRawPointer, epochWord: UnsafeMutablePointer<UInt32>,
+        slotCountedWaits: UnsafeMutablePointer<UInt32>
+    ) {
         self.key = key
+        self.slotCountedWaits = slotCountedWaits
         self.epochWord = epochWord
         sleepers = (doorbell + RingLayout.Doorbell.sleepers).assumingMemoryBound(to: UInt32.self)
         passOn = (doorbell + RingLayout.Doorbell.passOn).assumingMemoryBound(to: UInt32.self)
