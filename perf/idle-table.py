@@ -4,6 +4,7 @@
 The idle strategies at three message gaps (docs/wakeup.md, "Idle strategies"): `shmring pub
 --rate` publishes 64-byte generated messages every 10 µs, 100 µs or 1 ms (stamped when written);
 the release-built test peer's `ring-idle-consume` reads them with `--idle spin|yield|backoff|block`
+(and `async`: through `RingConsumer.messages()`, the AsyncSequence, which blocks like `block`)
 and reports the one-way latency from each stamp to the poll that read it, and the CPU time it used
 (user + system, getrusage) from the first message to the last. Per round every gap and strategy
 runs once, in an order that turns with the round; the report gives medians (min-max) over rounds:
@@ -27,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.join(ROOT, ".build/release/shmring-test-peer")
 SHMRING = os.path.join(ROOT, ".build/release/shmring")
 GAPS = [10, 100, 1000]
-STRATEGIES = ["spin", "yield", "backoff", "block"]
+STRATEGIES = ["spin", "yield", "backoff", "block", "async"]
 
 
 def run(gap_us, idle, seconds, tag):

@@ -237,9 +237,9 @@ enum WakeCommands {
         }
     }
 
-    /// `--key K --count N --idle spin|yield|backoff|block`: the idle-strategy table
+    /// `--key K --count N --idle spin|yield|backoff|block|async`: the idle-strategy table
     /// (perf/idle-table.py). Attaches (gating), reads N generated messages (from `shmring pub
-    /// --rate`), idling as told between them, and reports the one-way latency from each message's
+    /// --rate`), idling as told between them (`async`: through `RingConsumer.messages()`), and reports the one-way latency from each message's
     /// stamp to its poll (`latency_p50_ns=`, `latency_p99_ns=`, `latency_p999_ns=`, after the
     /// first twentieth, a warm-up; `slowest=` lists the five slowest as index:ns) and the CPU
     /// time this process used from the first message to the last (`cpu_ns=`, user + system,
@@ -247,20 +247,29 @@ enum WakeCommands {
     static func idleConsume(_ options: PeerOptions) throws {
         let consumer = try RingConsumer(key: options.string("key"))
         let count = options.int("count")
+        let idle = options.string("idle")
         let strategy: IdleStrategy =
-            switch options.string("idle") {
+            switch idle {
             case "spin": .spin
             case "yield": .yield
             case "backoff": .backoff
-            case "block": .block()
-            default: PeerRuntime.fail("--idle spin|yield|backoff|block")
+            case "block", "async": .block()
+            default: PeerRuntime.fail("--idle spin|yield|backoff|block|async")
             }
         PeerRuntime.ready("attached")
         var latencies = [UInt64]()
         latencies.reserveCapacity(count)
         var (cpuStart, started): (UInt64, UInt64) = (0, 0)
         var rounds = 0
-        while latencies.count < count {
+        if idle == "async" {
+            // `for try await` over `messages()`: the task polls, a thread of the iterator's own
+            // waits. This thread only waits for the task to finish.
+            let box = AsyncRun(consumer: consumer, count: count)
+            Task { await box.run() }
+            while !box.isDone { usleep(1000) }
+            (latencies, cpuStart, started) = (box.latencies, box.cpuStart, box.started)
+        }
+        while latencies.count < count && idle != "async" {
             let got = try consumer.poll(limit: count - latencies.count) { bytes, _ in
                 let now = RingCommands.now()
                 if case .valid(_, let stamp) = bytes.withUnsafeBytes({ GeneratedMessage.check($0) }) {
@@ -300,5 +309,43 @@ enum WakeCommands {
             UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_usec) * 1000
         }
         return nanoseconds(usage.ru_utime) + nanoseconds(usage.ru_stime)
+    }
+}
+
+/// The `async` row of ring-idle-consume: the consumer read through its `AsyncSequence` in a task
+/// while the main thread waits. `@unchecked Sendable`: the task alone uses the consumer and the
+/// arrays until it sets `done` (an atomic word, read by the main thread).
+final class AsyncRun: @unchecked Sendable {
+    let consumer: RingConsumer
+    let count: Int
+    var latencies: [UInt64] = []
+    var cpuStart: UInt64 = 0
+    var started: UInt64 = 0
+    private let done = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+
+    init(consumer: RingConsumer, count: Int) {
+        self.consumer = consumer
+        self.count = count
+        done.initialize(to: 0)
+    }
+
+    var isDone: Bool { CShmAtomics_u32_load_acquire(done) == 1 }
+
+    func run() async {
+        latencies.reserveCapacity(count)
+        do {
+            for try await message in consumer.messages() {
+                let now = RingCommands.now()
+                if case .valid(_, let stamp) = message.bytes.withUnsafeBytes({ GeneratedMessage.check($0) }) {
+                    latencies.append(now &- stamp)
+                }
+                if started == 0 { (cpuStart, started) = (WakeCommands.cpuNanoseconds(), RingCommands.now()) }
+                if latencies.count == count { break }
+            }
+        } catch {
+            PeerRuntime.fail("\(error)")
+        }
+        // Release: the arrays before the flag. Partner: the acquire load in `isDone`.
+        CShmAtomics_u32_store_release(done, 1)
     }
 }
