@@ -307,11 +307,15 @@ extension MultiProcess {
             try #require(epoll >= 0 && CShmTestSupport_epoll_add_readable(epoll, wake) == 0)
             defer { close(epoll) }
             var received = 0
+            var handedOnLate = 0
             var ready: [Int32] = [0]
             let deadline = ContinuousClock.now + .seconds(300)
             while received < rounds && ContinuousClock.now < deadline {
                 guard CShmTestSupport_epoll_wait(epoll, &ready, 1, 1000) == 1 else { continue }
                 armed.acknowledgeWakeEvent()
+                // Whoever the producer woke, the wake has been passed on by now: by this
+                // consumer in acknowledgeWakeEvent(), or by the other before it woke this one.
+                if producer.doorbellForTests.passOnPending { handedOnLate += 1 }
                 while true {
                     received += try armed.poll { _, _ in .continue }
                     if try armed.armWakeEvent() != .ready { break }
@@ -322,6 +326,7 @@ extension MultiProcess {
             let results = blocking.results
             #expect(results["received"] == "\(rounds)", "\(results)")
             #expect(stalls.value == 0, "a wake was not passed on")
+            #expect(handedOnLate == 0, "\(handedOnLate) wakes were passed on only after acknowledgeWakeEvent()")
             print("wake-up, armed and blocking: \(results)")
             armed.detach()
         }

@@ -33,9 +33,11 @@ package final class RendezvousServer: @unchecked Sendable {
         package var temporaryDescriptors: [FileDescriptor] = []
         /// Keep the connection open after a successful reply (the attacher's liveness channel).
         package var keepOpen = false
-        /// Runs on the server thread when a kept connection ends (the attacher detached or died),
-        /// or when the server stops.
-        package var onClose: (@Sendable () -> Void)?
+        /// Runs on the server thread when a kept connection ends: with `true` when the attacher
+        /// is gone (it detached or died: its end hung up, or it never took the reply), with
+        /// `false` when the server ended it (the server stops, or the attacher wrote where the
+        /// protocol allows nothing).
+        package var onClose: (@Sendable (_ attacherGone: Bool) -> Void)?
 
         package init(reply: RendezvousProtocol.Reply) { self.reply = reply }
     }
@@ -211,11 +213,11 @@ package final class RendezvousServer: @unchecked Sendable {
     /// A connection kept open after its reply, and what to do when it ends.
     private struct Attached {
         var socket: FileDescriptor
-        var onClose: (@Sendable () -> Void)?
+        var onClose: (@Sendable (_ attacherGone: Bool) -> Void)?
 
-        func close() {
+        func close(attacherGone: Bool) {
             socket.closeIgnoringErrors()
-            onClose?()
+            onClose?(attacherGone)
         }
     }
 
@@ -225,7 +227,7 @@ package final class RendezvousServer: @unchecked Sendable {
         var backoffUntil: ContinuousClock.Instant?
         defer {
             for connection in pending { connection.socket.closeIgnoringErrors() }
-            for connection in attached { connection.close() }
+            for connection in attached { connection.close(attacherGone: false) }
             count(.attached, -Int64(attached.count))
         }
         while true {
@@ -254,8 +256,10 @@ package final class RendezvousServer: @unchecked Sendable {
             let attachedBase = 2 + pending.count
             var stillAttached: [Attached] = []
             for (index, connection) in attached.enumerated() {
-                if entries[attachedBase + index].revents != 0 {
-                    connection.close()
+                let events = entries[attachedBase + index].revents
+                if events != 0 {
+                    connection.close(
+                        attacherGone: events & (CShmLinux_POLLRDHUP | Int16(POLLHUP) | Int16(POLLERR)) != 0)
                     count(.attached, -1)
                 } else {
                     stillAttached.append(connection)
@@ -375,11 +379,11 @@ package final class RendezvousServer: @unchecked Sendable {
             // The client vanished (EPIPE, ECONNRESET) or will not read (EAGAIN): release what the
             // handler set aside for it.
             if staysOpen { count(.attached, -1) }
-            response.onClose?()
+            response.onClose?(true)
             return nil
         }
         guard staysOpen else {
-            response.onClose?()
+            response.onClose?(true)
             return nil
         }
         return Attached(socket: socket, onClose: response.onClose)

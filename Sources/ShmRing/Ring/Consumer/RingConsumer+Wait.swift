@@ -197,6 +197,7 @@ extension RingConsumer {
     /// ```
     @discardableResult
     public func idle(using strategy: IdleStrategy, rounds: inout Int) throws(RingError) -> WaitResult? {
+        guard !state.pointee.closed else { throw closedError() }
         guard let timeout = strategy.blockTimeout(after: rounds) else {
             strategy.idle(&rounds)
             // A spin is a few tens of nanoseconds: read the clock every 64 of them. Yields and

@@ -387,6 +387,9 @@ public final class RingConsumer {
     public var isProducerAlive: Bool {
         guard !state.pointee.closed else { return false }
         var entry = pollfd(fd: connection.rawValue, events: CShmLinux_POLLRDHUP, revents: 0)
-        return Glibc.poll(&entry, 1, 0) == 0
+        // Only a hang-up says "gone": a poll interrupted by a signal (EINTR, even with a zero
+        // timeout) or short of memory says nothing.
+        let hangUp = CShmLinux_POLLRDHUP | Int16(POLLHUP) | Int16(POLLERR)
+        return !(Glibc.poll(&entry, 1, 0) > 0 && entry.revents & hangUp != 0)
     }
 }

@@ -96,11 +96,13 @@ extension RingProducer {
             response.keepOpen = true
             // The consumer detached or died: the producer stops looking at its slot at once, and
             // the slot is free for the next joiner (who gets a fresh page).
-            response.onClose = {
+            response.onClose = { consumerGone in
                 // Its futex waits still counted in the doorbell's `sleepers` (a consumer killed
-                // asleep never counts itself out): out, before its page goes. Read before
-                // `reclaim`, which hands the slot to the next joiner only later, on this thread.
-                let counted = slots.countedWaits(handed.slot)
+                // asleep never counts itself out): out, before its page goes — only when it is
+                // gone (a consumer the server cut off, or the server's own stop, leaves a live
+                // consumer that counts itself out). Read before `reclaim`, which hands the slot
+                // to the next joiner only later, on this thread.
+                let counted = consumerGone ? slots.countedWaits(handed.slot) : 0
                 slots.reclaim(handed.slot)
                 if counted > 0 {
                     Self.countOut(counted, from: UnsafeMutablePointer(bitPattern: sleepersAddress)!)

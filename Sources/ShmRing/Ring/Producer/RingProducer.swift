@@ -44,10 +44,11 @@ public final class RingProducer {
         func word(_ offset: Int) -> UInt32 {
             CShmAtomics_u32_load_relaxed((doorbell + offset).assumingMemoryBound(to: UInt32.self))
         }
+        // The header's epoch, not the producer's private copy: this may be read from any thread.
+        let epoch = CShmAtomics_u32_load_relaxed(state.pointee.wake.dataEpochWord)
         return (
-            word(RingLayout.Doorbell.dataWaiting) == state.pointee.wake.dataEpoch &+ 1,
-            word(RingLayout.Doorbell.sleepers),
-            state.pointee.wake.dataEpoch != 0 && word(RingLayout.Doorbell.passOn) == state.pointee.wake.dataEpoch
+            word(RingLayout.Doorbell.dataWaiting) == epoch &+ 1, word(RingLayout.Doorbell.sleepers),
+            epoch != 0 && word(RingLayout.Doorbell.passOn) == epoch
         )
     }
     /// Whether publishing fences before it looks for sleepers (membarrier is refused here).

@@ -97,6 +97,7 @@ final class Sleeper {
     }
 
     deinit {
+        reap()  // wakes already completed are passed on
         ring = nil  // first: the ring's requests hold references to the descriptors below
         leaveSleepers(countedWaits)  // the waits the teardown cancelled
         eventDescriptor?.closeIgnoringErrors()
@@ -313,8 +314,10 @@ final class Sleeper {
     /// epoch, against the producer's epoch store before its read of the count. Partner: the
     /// fence in RingWriter.wakeSleepers.
     private func joinSleepers() {
-        countedWaits &+= 1
         _ = CShmAtomics_u32_fetch_add_seq_cst(sleepers, 1)
+        // After the shared count: a death between the two leaves `sleepers` too high (harmless),
+        // never too low (the server would take out a wait that was never counted in).
+        countedWaits &+= 1
     }
 
     /// Counts `waits` out again once they are over (relaxed: a hint; a count too high costs a
@@ -367,6 +370,7 @@ final class Sleeper {
     /// The io_uring path failed in a way that leaves its state unknown: tear the ring down (which
     /// cancels whatever is queued) and sleep in `FUTEX_WAIT` from now on.
     private func giveUp(_ reason: String, _ outcome: Outcome) -> Outcome {
+        reap()  // wakes already completed are passed on
         ring = nil  // cancels what is queued: the futex waits counted in `sleepers` among them
         pollArmed = false
         leaveSleepers(countedWaits)  // every wait still counted: the teardown cancelled them
