@@ -33,6 +33,7 @@ enum PeerCommands {
         "ring-wait-consume": WakeCommands.consume,
         "ring-fan-out": WakeCommands.fanOut,
         "ring-idle-consume": WakeCommands.idleConsume,
+        "ring-evict-produce": WakeCommands.evictProduce,
         "ring-wait-pingpong": WakeCommands.pingPong,
         "ring-doorbell-scribble": WakeCommands.scribbleDoorbell,
     ]

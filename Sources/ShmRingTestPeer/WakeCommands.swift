@@ -9,7 +9,7 @@ import Glibc
 
 /// Scenarios of the wake-up path (WakeupTests, docs/wakeup.md).
 enum WakeCommands {
-    /// `--key K --count N [--timeout-ms T] [--burst B] [--idle spin]`: attaches (gating, from the
+    /// `--key K --count N [--timeout-ms T] [--burst B] [--idle spin] [--stall]`: attaches (gating, from the
     /// oldest message), says "attached", and reads N messages, checking each, with
     /// `wait(timeout:)` whenever a poll finds nothing (with `--idle spin`: spinning in
     /// `idle(using: .spin)`, which looks for the producer about once per idle millisecond). Reports the verification, `sleeps=`, `woken=`, `timeouts=`,
@@ -21,6 +21,11 @@ enum WakeCommands {
         let timeout = Duration.milliseconds(options.int("timeout-ms", default: 1000))
         let count = options.int("count")
         PeerRuntime.ready("attached")
+        if options.has("stall") {
+            // `--stall`: a gating consumer that never reads (the producer fills the ring and waits
+            // for it), until killed.
+            while true { pause() }
+        }
         var verification = RingCommands.Verification()
         var timeouts = 0
         var ended = "done"
@@ -61,6 +66,7 @@ enum WakeCommands {
         PeerRuntime.report("timeouts=\(timeouts)")
         PeerRuntime.report("fallback=\(consumer.sleepFallbackReason ?? "none")")
         PeerRuntime.report("ended=\(ended)")
+        PeerRuntime.report("ended_at_ns=\(RingCommands.now())")  // CLOCK_MONOTONIC (perf/death-times.py)
         if burst > 0 {
             PeerRuntime.report("first_latencies_ns=\(firstLatencies.map(String.init).joined(separator: ","))")
         }
@@ -299,6 +305,25 @@ enum WakeCommands {
         PeerRuntime.report("elapsed_ns=\(elapsed)")
         PeerRuntime.report("sleeps=\(consumer.sleeps)")
         consumer.detach()
+    }
+
+    /// `--key K`: the producer's side of the eviction time (perf/death-times.py). Creates a
+    /// 4 KiB ring, waits for one consumer, publishes until the ring is full (that consumer never
+    /// reads: `ring-wait-consume --stall`), says "full", then publishes once more, blocking, and
+    /// reports `resumed_at_ns=` (CLOCK_MONOTONIC) when that publish went through: after the
+    /// consumer was killed and its slot reclaimed.
+    static func evictProduce(_ options: PeerOptions) throws {
+        let producer = try RingProducer(key: options.string("key"), configuration: RingConfiguration(capacity: 4096))
+        PeerRuntime.ready("created")
+        while producer.activeConsumerCount < 1 { usleep(200) }
+        let message = [UInt8](repeating: 7, count: 64)
+        while try producer.publish(message) == .published {}
+        PeerRuntime.ready("full")
+        var rounds = 0
+        while try producer.publish(message) == .backPressured {
+            producer.idle(using: .block(timeout: .seconds(60)), rounds: &rounds)
+        }
+        PeerRuntime.report("resumed_at_ns=\(RingCommands.now())")
     }
 
     /// User + system CPU time of this process so far.
