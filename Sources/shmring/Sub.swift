@@ -64,8 +64,25 @@ struct Sub: ParsableCommand {
     @Option(help: "The key's socket directory (default: the abstract namespace).")
     var dir: String?
 
+    @Flag(help: "When the producer goes (or ends its stream), follow the next producer of the key.")
+    var reattach = false
+
+    @Option(
+        name: .customLong("reattach-timeout"),
+        help: ArgumentHelp(
+            "With --reattach: how long to wait for a new producer before exiting with status 1 (default: for ever).",
+            valueName: "time"))
+    var reattachTimeout: String?
+
     func validate() throws {
         if let count, count < 0 { throw ValidationError("--count must not be negative, got \(count)") }
+        if let reattachTimeout {
+            guard reattach else { throw ValidationError("--reattach-timeout needs --reattach") }
+            guard parseDuration(reattachTimeout) != nil else {
+                throw ValidationError(
+                    "--reattach-timeout \(reattachTimeout): expected a positive time up to an hour, such as 5s")
+            }
+        }
         guard idleStrategy(named: idle) != nil else {
             throw ValidationError("--idle \(idle): expected spin, yield, backoff or block")
         }
@@ -97,7 +114,7 @@ struct Sub: ParsableCommand {
     func run() throws {
         CShmLinux_install_stop_signals()
         let strategy = idleStrategy(named: idle, blockTimeout: parseDuration(idleTimeout)!)!
-        let consumer = try RingConsumer(
+        var consumer = try RingConsumer(
             key: key, namespace: namespace(dir),
             configuration: .init(
                 start: from == .oldest ? .oldest : .newest, policy: policy == .lossy ? .lossy : .gating,
@@ -116,6 +133,10 @@ struct Sub: ParsableCommand {
             output.flush()
             if state.ended {
                 ending = "end of stream"
+                if reattach, state.messages < wanted, try follow(&consumer, &state) {
+                    ending = "count"
+                    continue
+                }
                 break
             }
             if got > 0 {
@@ -129,6 +150,10 @@ struct Sub: ParsableCommand {
                 _ = try poll(consumer, limit: wanted - state.messages, &state, &output)
                 output.flush()
                 ending = state.ended ? "end of stream" : "producer gone"
+                if reattach, state.messages < wanted, try follow(&consumer, &state) {
+                    (rounds, ending) = (0, "count")
+                    continue
+                }
                 break
             }
         }
@@ -137,6 +162,7 @@ struct Sub: ParsableCommand {
             "shmring sub: \(key): \(state.messages) messages, \(state.bytes) bytes, \(state.gaps) gaps, "
                 + "\(consumer.lappedMessages) lapped messages (\(consumer.lappedBytes) bytes) in \(state.laps) laps"
                 + (consumer.isDemoted ? ", demoted to lossy" : "") + (verify ? ", \(state.corrupted) corrupted" : "")
+                + (state.producers > 1 ? ", \(state.producers) producers" : "")
                 + "; ended by \(ending)")
         if verify && (state.corrupted > 0 || state.gaps > 0) {
             throw ExitCode(1)
@@ -172,6 +198,47 @@ private func poll(_ consumer: RingConsumer, limit: Int, _ state: inout Reading, 
     }
 }
 
+extension Sub {
+    /// `--reattach`: the producer went (or ended its stream); wait for the next one under the same
+    /// key (another ring: a producer that ended its stream and lingers is not followed again),
+    /// saying so once on standard error, and read it from its oldest message. Returns false
+    /// after a signal; throws `ExitCode(1)` with a one-line reason when `--reattach-timeout`
+    /// passes with none.
+    func follow(_ consumer: inout RingConsumer, _ state: inout Reading) throws -> Bool {
+        printError("shmring sub: \(key): the producer is gone; waiting for a new one")
+        let timeout = reattachTimeout.flatMap(parseDuration)
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        let old = consumer.segmentID
+        while !stopRequested {
+            let slice = deadline.map { min($0 - ContinuousClock.now, .milliseconds(100)) } ?? .milliseconds(100)
+            let current = consumer
+            let next: RingConsumer
+            do throws(RingError) {
+                next = try current.reattached(timeout: max(slice, .zero))
+            } catch {
+                guard error.code == .notFound else { throw error }
+                if let deadline, ContinuousClock.now >= deadline {
+                    printError("shmring sub: \(key): no new producer within \(reattachTimeout!)")
+                    throw ExitCode(1)
+                }
+                continue
+            }
+            if next.segmentID == old {
+                // The same producer, still lingering after its end of stream: not a new one.
+                next.detach()
+                usleep(10_000)
+                continue
+            }
+            consumer = next
+            // A new ring, a new epoch: its sequence numbers start again.
+            state.startNewProducer()
+            state.producers += 1
+            return true
+        }
+        return false
+    }
+}
+
 /// What `sub` has read so far, and how it shows each message.
 struct Reading {
     let verify: Bool
@@ -183,8 +250,17 @@ struct Reading {
     /// Laps reported (each one a resumption after missed messages).
     var laps = 0
     var ended = false
+    /// Producers read from (more than one with `--reattach`).
+    var producers = 1
     private var expected: UInt64?
     private var expectedGenerated: UInt64?
+
+    /// A new producer's ring: its sequence numbers (and its generated messages') start again.
+    mutating func startNewProducer() {
+        ended = false
+        expected = nil
+        expectedGenerated = nil
+    }
 
     init(verify: Bool, format: Sub.Format) {
         self.verify = verify

@@ -205,6 +205,48 @@ extension MultiProcess {
             print("shmring pub: \(calls) system calls for \(messages) messages")
         }
 
+        /// `sub --reattach` follows a new producer of the same key after the first one was
+        /// killed: it reads the dead one's messages, says once that it waits, then reads the new
+        /// one's from its oldest, sequence numbers starting again (no gap reported).
+        @Test func subReattachFollowsANewProducer() throws {
+            let key = uniqueKey()
+            let first = try ChildProcess(
+                TestPeer.debug, ["ring-produce", "--key", key, "--count", "10", "--wait-consumers", "1"],
+                expectCrash: true)
+            try #require(first.waitForReady("created"))
+            let reader = try shmring([
+                "sub", key, "--reattach", "--count", "60", "--format", "none", "--from", "oldest",
+            ])
+            try #require(first.waitForReady("published"))
+            first.signal(SIGKILL)
+            #expect(first.wait() == .signaled(SIGKILL))
+            #expect(waitFor(reader, stderrContains: "waiting for a new one"))
+            let second = try shmring(["pub", key, "--count", "50", "--wait-consumers", "1"])
+            #expect(reader.wait(timeout: .seconds(60)) == .exited(0), "\(reader.standardError)")
+            #expect(reader.standardError.contains("60 messages"), "\(reader.standardError)")
+            #expect(reader.standardError.contains(" 0 gaps"), "\(reader.standardError)")
+            #expect(reader.standardError.contains("2 producers"), "\(reader.standardError)")
+            #expect(
+                reader.standardError.components(separatedBy: "waiting for a new one").count == 2,
+                "said more than once: \(reader.standardError)")
+            #expect(second.wait(timeout: .seconds(60)) == .exited(0), "\(second.standardError)")
+        }
+
+        /// With `--reattach-timeout`, no new producer in time is status 1 and one line saying so.
+        @Test func subReattachGivesUpAfterItsTimeout() throws {
+            let key = uniqueKey()
+            let producer = try ChildProcess(
+                TestPeer.debug, ["ring-produce", "--key", key, "--count", "1", "--wait-consumers", "1"],
+                expectCrash: true)
+            try #require(producer.waitForReady("created"))
+            let reader = try shmring(["sub", key, "--reattach", "--reattach-timeout", "200ms", "--format", "none"])
+            try #require(producer.waitForReady("published"))
+            producer.signal(SIGKILL)
+            #expect(producer.wait() == .signaled(SIGKILL))
+            #expect(reader.wait(timeout: .seconds(60)) == .exited(1), "\(reader.standardError)")
+            #expect(reader.standardError.contains("no new producer within 200ms"), "\(reader.standardError)")
+        }
+
         @Test func badInputIsOneLineAndANonZeroStatus() throws {
             let segment = SharedMemory(key: uniqueKey())
             try segment.create(size: 64)
@@ -226,6 +268,8 @@ extension MultiProcess {
                 (["sub", "k", "--idle", "sleepy"], "--idle"),
                 (["sub", "k", "--idle", "block", "--idle-timeout", "soon"], "--idle-timeout soon"),
                 (["sub", "k", "--idle-timeout", "0s"], "--idle-timeout 0s"),
+                (["sub", "k", "--reattach", "--reattach-timeout", "soon"], "--reattach-timeout soon"),
+                (["sub", "k", "--reattach-timeout", "1s"], "--reattach-timeout needs --reattach"),
                 (["sub", "k", "--no-such-option"], "no-such-option"),
                 (["sub", "k", "--policy", "lossy", "--lag-limit", "1MiB"], "--lag-limit is for gating"),
                 (["sub", "k", "--lag-limit", "soon"], "--lag-limit soon"),

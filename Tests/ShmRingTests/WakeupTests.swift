@@ -191,6 +191,34 @@ extension MultiProcess {
                 "still \(producer.doorbellForTests.sleepers) sleepers after the only one died")
         }
 
+        /// `reattached()` after the producer went: the next producer of the key, a new ring (new
+        /// segment id), read from its oldest message; nobody there is `.notFound` after the timeout.
+        @Test func aConsumerReattachesToTheNextProducer() throws {
+            let key = uniqueKey()
+            var first: RingProducer? = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 16))
+            let consumer = try RingConsumer(key: key)
+            try first?.publish([1])
+            #expect(try consumer.poll { _, _ in .continue } == 1)
+            first?.close()
+            first = nil
+            #expect(try consumer.wait(timeout: .seconds(60)) == .producerGone)
+            // Nobody serves the key for now.
+            #expect(throws: RingError.self) {
+                _ = try RingConsumer.attach(waitingFor: key, timeout: .milliseconds(50))
+            }
+            let second = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 16))
+            try second.publish([2])
+            try second.publish([3])
+            let next = try consumer.reattached(timeout: .seconds(60))
+            #expect(next.segmentID != consumer.segmentID)
+            var received: [[UInt8]] = []
+            try next.poll { bytes, _ in
+                received.append(bytes.withUnsafeBytes { [UInt8]($0) })
+                return .continue
+            }
+            #expect(received == [[2], [3]])
+        }
+
         /// A hostile consumer that scribbles over the doorbell for the whole run can neither block
         /// nor stop the producer, and an honest blocking consumer still receives everything (its
         /// sleeps end by their timeout at worst).

@@ -32,6 +32,8 @@ public final class RingConsumer {
     public let segmentID: SegmentID
     /// How it attached (see `isDemoted`).
     public let configuration: ConsumerConfiguration
+    /// Where its key's socket lives.
+    public let namespace: KeyNamespace
     /// Gating or lossy, as it attached (see `isDemoted`).
     public var policy: ConsumerPolicy { configuration.policy }
     /// Its lag limit, if any.
@@ -143,6 +145,7 @@ public final class RingConsumer {
         self.slotIndex = Int(reply.slot)
         self.segmentID = reply.segmentID
         self.configuration = configuration
+        self.namespace = namespace
         self.fingerprint = config.fingerprint
         self.headerSegment = header
         self.slotSegment = slotSegment
