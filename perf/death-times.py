@@ -53,33 +53,49 @@ def now():
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
+def killing(*processes):
+    """Kills what is still running of `processes` (after a failure, or a run cut short)."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def eviction(tag):
     key = f"death-evict-{os.getpid()}-{tag}"
-    producer = spawn(["ring-evict-produce", "--key", key], "created")
-    consumer = spawn(["ring-wait-consume", "--key", key, "--count", "1", "--stall"], "attached")
-    wait_ready(producer, "full")
-    time.sleep(0.005)  # the producer goes from its spins to its sleep
-    killed = now()
-    consumer.send_signal(signal.SIGKILL)
-    out = producer.communicate(timeout=60)[0]
-    consumer.wait()
-    return (int(re.search(r"resumed_at_ns=(\d+)", out).group(1)) - killed) / 1000
+    producer = consumer = None
+    try:
+        producer = spawn(["ring-evict-produce", "--key", key], "created")
+        consumer = spawn(["ring-wait-consume", "--key", key, "--count", "1", "--stall"], "attached")
+        wait_ready(producer, "full")
+        time.sleep(0.005)  # the producer goes from its spins to its sleep
+        killed = now()
+        consumer.send_signal(signal.SIGKILL)
+        out = producer.communicate(timeout=60)[0]
+        consumer.wait()
+        return (int(re.search(r"resumed_at_ns=(\d+)", out).group(1)) - killed) / 1000
+    finally:
+        killing(producer, consumer)
 
 
 def producer_gone(tag, spinning):
     key = f"death-gone-{os.getpid()}-{tag}"
-    producer = spawn(["ring-produce", "--key", key, "--count", "10", "--wait-consumers", "1"], "created")
-    consumer = spawn(["ring-wait-consume", "--key", key, "--count", "1000", "--timeout-ms", "600000"]
-                     + (["--idle", "spin"] if spinning else []), "attached")
-    wait_ready(producer, "published")
-    time.sleep(0.01)  # the consumer reads the 10 and goes idle
-    killed = now()
-    producer.send_signal(signal.SIGKILL)
-    producer.wait()
-    out = consumer.communicate(timeout=60)[0]
-    if "ended=producerGone" not in out:
-        sys.exit(f"the consumer did not see the producer go: {out}")
-    return (int(re.search(r"ended_at_ns=(\d+)", out).group(1)) - killed) / 1000
+    producer = consumer = None
+    try:
+        producer = spawn(["ring-produce", "--key", key, "--count", "10", "--wait-consumers", "1"], "created")
+        consumer = spawn(["ring-wait-consume", "--key", key, "--count", "1000", "--timeout-ms", "600000"]
+                         + (["--idle", "spin"] if spinning else []), "attached")
+        wait_ready(producer, "published")
+        time.sleep(0.01)  # the consumer reads the 10 and goes idle
+        killed = now()
+        producer.send_signal(signal.SIGKILL)
+        producer.wait()
+        out = consumer.communicate(timeout=60)[0]
+        if "ended=producerGone" not in out:
+            sys.exit(f"the consumer did not see the producer go: {out}")
+        return (int(re.search(r"ended_at_ns=(\d+)", out).group(1)) - killed) / 1000
+    finally:
+        killing(producer, consumer)
 
 
 def summary(name, values):

@@ -59,6 +59,7 @@ enum WakeCommands {
             }
             if ended != "done" { break }
         }
+        let endedAt = RingCommands.now()  // before the reports (each a write(2))
         verification.report()
         PeerRuntime.report("sleeps=\(consumer.sleeps)")
         PeerRuntime.report("woken=\(consumer.wakeUps)")
@@ -66,7 +67,7 @@ enum WakeCommands {
         PeerRuntime.report("timeouts=\(timeouts)")
         PeerRuntime.report("fallback=\(consumer.sleepFallbackReason ?? "none")")
         PeerRuntime.report("ended=\(ended)")
-        PeerRuntime.report("ended_at_ns=\(RingCommands.now())")  // CLOCK_MONOTONIC (perf/death-times.py)
+        PeerRuntime.report("ended_at_ns=\(endedAt)")  // CLOCK_MONOTONIC (perf/death-times.py)
         if burst > 0 {
             PeerRuntime.report("first_latencies_ns=\(firstLatencies.map(String.init).joined(separator: ","))")
         }

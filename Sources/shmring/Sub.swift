@@ -133,9 +133,9 @@ struct Sub: ParsableCommand {
             output.flush()
             if state.ended {
                 ending = "end of stream"
-                if reattach, state.messages < wanted, try follow(&consumer, &state) {
-                    ending = "count"
-                    continue
+                if reattach, state.messages < wanted {
+                    ending = try follow(&consumer, &state) ?? "count"
+                    if ending == "count" { continue }
                 }
                 break
             }
@@ -150,21 +150,25 @@ struct Sub: ParsableCommand {
                 _ = try poll(consumer, limit: wanted - state.messages, &state, &output)
                 output.flush()
                 ending = state.ended ? "end of stream" : "producer gone"
-                if reattach, state.messages < wanted, try follow(&consumer, &state) {
-                    (rounds, ending) = (0, "count")
-                    continue
+                if reattach, state.messages < wanted {
+                    ending = try follow(&consumer, &state) ?? "count"
+                    if ending == "count" {
+                        rounds = 0
+                        continue
+                    }
                 }
                 break
             }
         }
         consumer.detach()
+        state.addFigures(of: consumer)
         printError(
             "shmring sub: \(key): \(state.messages) messages, \(state.bytes) bytes, \(state.gaps) gaps, "
-                + "\(consumer.lappedMessages) lapped messages (\(consumer.lappedBytes) bytes) in \(state.laps) laps"
-                + (consumer.isDemoted ? ", demoted to lossy" : "") + (verify ? ", \(state.corrupted) corrupted" : "")
+                + "\(state.lappedMessages) lapped messages (\(state.lappedBytes) bytes) in \(state.laps) laps"
+                + (state.demoted ? ", demoted to lossy" : "") + (verify ? ", \(state.corrupted) corrupted" : "")
                 + (state.producers > 1 ? ", \(state.producers) producers" : "")
                 + "; ended by \(ending)")
-        if verify && (state.corrupted > 0 || state.gaps > 0) {
+        if (verify && (state.corrupted > 0 || state.gaps > 0)) || ending.hasPrefix("no new producer") {
             throw ExitCode(1)
         }
     }
@@ -201,41 +205,42 @@ private func poll(_ consumer: RingConsumer, limit: Int, _ state: inout Reading, 
 extension Sub {
     /// `--reattach`: the producer went (or ended its stream); wait for the next one under the same
     /// key (another ring: a producer that ended its stream and lingers is not followed again),
-    /// saying so once on standard error, and read it from its oldest message. Returns false
-    /// after a signal; throws `ExitCode(1)` with a one-line reason when `--reattach-timeout`
-    /// passes with none.
-    func follow(_ consumer: inout RingConsumer, _ state: inout Reading) throws -> Bool {
+    /// saying so once on standard error, and read it from its oldest message. Returns nil once it
+    /// follows one, or how the reading ended: a signal, or `--reattach-timeout` passing (the
+    /// caller prints the summary and exits 1).
+    func follow(_ consumer: inout RingConsumer, _ state: inout Reading) throws -> String? {
         printError("shmring sub: \(key): the producer is gone; waiting for a new one")
         let timeout = reattachTimeout.flatMap(parseDuration)
         let deadline = timeout.map { ContinuousClock.now + $0 }
         let old = consumer.segmentID
         while !stopRequested {
+            if let deadline, ContinuousClock.now >= deadline { return "no new producer within \(reattachTimeout!)" }
             let slice = deadline.map { min($0 - ContinuousClock.now, .milliseconds(100)) } ?? .milliseconds(100)
             let current = consumer
             let next: RingConsumer
             do throws(RingError) {
                 next = try current.reattached(timeout: max(slice, .zero))
             } catch {
-                guard error.code == .notFound else { throw error }
-                if let deadline, ContinuousClock.now >= deadline {
-                    printError("shmring sub: \(key): no new producer within \(reattachTimeout!)")
-                    throw ExitCode(1)
-                }
+                // Nobody serves the key yet, or the new producer is full of consumers: wait on.
+                guard error.code == .notFound || error.code == .tooManyConsumers else { throw error }
+                if error.code == .tooManyConsumers { usleep(50_000) }
                 continue
             }
             if next.segmentID == old {
                 // The same producer, still lingering after its end of stream: not a new one.
+                // Detached again at once (it lingers while consumers are attached).
                 next.detach()
-                usleep(10_000)
+                usleep(50_000)
                 continue
             }
+            state.addFigures(of: current)
             consumer = next
             // A new ring, a new epoch: its sequence numbers start again.
             state.startNewProducer()
             state.producers += 1
-            return true
+            return nil
         }
-        return false
+        return "signal \(CShmLinux_stop_signal())"
     }
 }
 
@@ -252,6 +257,17 @@ struct Reading {
     var ended = false
     /// Producers read from (more than one with `--reattach`).
     var producers = 1
+    /// What the consumers of earlier producers missed, and whether one was demoted.
+    var lappedMessages: UInt64 = 0
+    var lappedBytes: UInt64 = 0
+    var demoted = false
+
+    /// Adds a consumer's own figures (at the end of its producer).
+    mutating func addFigures(of consumer: RingConsumer) {
+        lappedMessages += consumer.lappedMessages
+        lappedBytes += consumer.lappedBytes
+        demoted = demoted || consumer.isDemoted
+    }
     private var expected: UInt64?
     private var expectedGenerated: UInt64?
 

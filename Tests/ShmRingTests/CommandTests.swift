@@ -245,6 +245,26 @@ extension MultiProcess {
             #expect(producer.wait() == .signaled(SIGKILL))
             #expect(reader.wait(timeout: .seconds(60)) == .exited(1), "\(reader.standardError)")
             #expect(reader.standardError.contains("no new producer within 200ms"), "\(reader.standardError)")
+            #expect(reader.standardError.contains("1 messages"), "the summary is printed: \(reader.standardError)")
+        }
+
+        /// A producer that ended its stream and lingers (another consumer keeps it) is not a new
+        /// producer: `--reattach` does not read it again, and its timeout still holds.
+        @Test func subReattachDoesNotFollowALingeringProducer() throws {
+            let key = uniqueKey()
+            let producer = try shmring(["pub", key, "--count", "5", "--wait-consumers", "2"])
+            #expect(waitFor(producer, stderrContains: "serving \(key)"))
+            let keeper = try ChildProcess(
+                TestPeer.debug, ["ring-wait-consume", "--key", key, "--count", "1", "--stall"], expectCrash: true)
+            try #require(keeper.waitForReady("attached"))
+            let reader = try shmring([
+                "sub", key, "--reattach", "--reattach-timeout", "300ms", "--format", "none", "--from", "oldest",
+            ])
+            #expect(reader.wait(timeout: .seconds(60)) == .exited(1), "\(reader.standardError)")
+            #expect(reader.standardError.contains("5 messages"), "read once only: \(reader.standardError)")
+            #expect(reader.standardError.contains("no new producer within 300ms"), "\(reader.standardError)")
+            keeper.signal(SIGKILL)
+            #expect(producer.wait(timeout: .seconds(60)) == .exited(0), "\(producer.standardError)")
         }
 
         @Test func badInputIsOneLineAndANonZeroStatus() throws {

@@ -203,9 +203,9 @@ extension MultiProcess {
             first = nil
             #expect(try consumer.wait(timeout: .seconds(60)) == .producerGone)
             // Nobody serves the key for now.
-            #expect(throws: RingError.self) {
+            #expect {
                 _ = try RingConsumer.attach(waitingFor: key, timeout: .milliseconds(50))
-            }
+            } throws: { ($0 as? RingError)?.code == .notFound }
             let second = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 16))
             try second.publish([2])
             try second.publish([3])

@@ -35,8 +35,11 @@ extension RingConsumer {
     ///
     /// The new consumer reads the new ring only, so messages of two producers never mix; its
     /// `segmentID` differs from this one's (a new ring, a new epoch), and its sequence numbers
-    /// start again. If the old producer is in fact still there, this attaches to it again (same
-    /// `segmentID`), from the oldest message it still holds.
+    /// start again. If the old producer is in fact still there (it ended its stream and
+    /// lingers), this attaches to it again — the same `segmentID`, from the oldest message it still
+    /// holds, so messages already read come again: compare `segmentID` with the old one's.
+    ///
+    /// - Throws: what `attach(waitingFor:)` throws.
     public func reattached(timeout: Duration? = nil) throws(RingError) -> RingConsumer {
         detach()
         var configuration = self.configuration
