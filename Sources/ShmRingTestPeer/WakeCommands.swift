@@ -246,8 +246,8 @@ enum WakeCommands {
 
     /// `--key K --count N --idle spin|yield|backoff|block|async`: the idle-strategy table
     /// (perf/idle-table.py). Attaches (gating), reads N generated messages (from `shmring pub
-    /// --rate`), idling as told between them (`async`: through `RingConsumer.messages()`), and reports the one-way latency from each message's
-    /// stamp to its poll (`latency_p50_ns=`, `latency_p99_ns=`, `latency_p999_ns=`, after the
+    /// --rate`), idling as told between them (`async`: through `RingConsumer.messages()`), and
+    /// reports the one-way latency from each message's stamp to its poll (`latency_p50_ns=`, `latency_p99_ns=`, `latency_p999_ns=`, after the
     /// first twentieth, a warm-up; `slowest=` lists the five slowest as index:ns) and the CPU
     /// time this process used from the first message to the last (`cpu_ns=`, user + system,
     /// getrusage), with `elapsed_ns=`.
@@ -275,21 +275,22 @@ enum WakeCommands {
             Task { await box.run() }
             while !box.isDone { usleep(1000) }
             (latencies, cpuStart, started) = (box.latencies, box.cpuStart, box.started)
-        }
-        while latencies.count < count && idle != "async" {
-            let got = try consumer.poll(limit: count - latencies.count) { bytes, _ in
-                let now = RingCommands.now()
-                if case .valid(_, let stamp) = bytes.withUnsafeBytes({ GeneratedMessage.check($0) }) {
-                    latencies.append(now &- stamp)
+        } else {
+            while latencies.count < count {
+                let got = try consumer.poll(limit: count - latencies.count) { bytes, _ in
+                    let now = RingCommands.now()
+                    if case .valid(_, let stamp) = bytes.withUnsafeBytes({ GeneratedMessage.check($0) }) {
+                        latencies.append(now &- stamp)
+                    }
+                    return .continue
                 }
-                return .continue
+                if got > 0 {
+                    rounds = 0
+                    if started == 0 { (cpuStart, started) = (cpuNanoseconds(), RingCommands.now()) }
+                    continue
+                }
+                if try consumer.idle(using: strategy, rounds: &rounds) == .producerGone { break }
             }
-            if got > 0 {
-                rounds = 0
-                if started == 0 { (cpuStart, started) = (cpuNanoseconds(), RingCommands.now()) }
-                continue
-            }
-            if try consumer.idle(using: strategy, rounds: &rounds) == .producerGone { break }
         }
         let (cpu, elapsed) = (cpuNanoseconds() - cpuStart, RingCommands.now() - started)
         // Where the slowest ones were (diagnostics: a stall shows as a run of neighbours; the

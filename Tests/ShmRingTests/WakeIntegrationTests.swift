@@ -22,17 +22,15 @@ extension MultiProcess {
             var expected: UInt64 = 0
 
             mutating func check(_ bytes: [UInt8], _ info: RingRecordInfo) {
-                let outcome = bytes.withUnsafeBytes { GeneratedMessage.check($0) }
-                if info.sequence != expected || outcome != .valid(sequence: expected, timestamp: stamp(bytes)) {
-                    bad += 1
+                defer {
+                    expected = info.sequence &+ 1
+                    received += 1
                 }
-                expected = info.sequence &+ 1
-                received += 1
-            }
-
-            func stamp(_ bytes: [UInt8]) -> UInt64 {
-                if case .valid(_, let stamp) = bytes.withUnsafeBytes({ GeneratedMessage.check($0) }) { return stamp }
-                return 0
+                let outcome = bytes.withUnsafeBytes { GeneratedMessage.check($0) }
+                guard info.sequence == expected, case .valid(let carried, _) = outcome, carried == expected else {
+                    bad += 1
+                    return
+                }
             }
         }
 

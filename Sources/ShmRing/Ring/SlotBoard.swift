@@ -146,6 +146,9 @@ final class SlotBoard: @unchecked Sendable {
     /// count out (its page's `counted_waits`; a hint, capped at 64).
     func countedWaits(_ slot: Int) -> UInt32 {
         let word = (page(slot) + RingLayout.Slot.countedWaits).assumingMemoryBound(to: UInt32.self)
+        // Relaxed: read after the consumer's connection hung up, which orders its last store.
+        // Partner: the relaxed store in Sleeper.countedWaits (didSet). Capped: the page is the
+        // consumer's, and trusted for nothing.
         return min(CShmAtomics_u32_load_relaxed(word), 64)
     }
 

@@ -31,18 +31,13 @@ enum EpollConsumer {
         let limit = option("--count") ?? Int.max
         let port = option("--port") ?? 0
 
-        // The ring: wait for its producer to appear.
-        var found: RingConsumer?
-        for _ in 0..<1000 where found == nil {
-            do {
-                found = try RingConsumer(key: key)
-            } catch  where error.code == .notFound {
-                usleep(10_000)
-            } catch {
-                fail("\(error)")
-            }
+        // The ring: the library waits while nobody serves the key (up to 10 s here).
+        let consumer: RingConsumer
+        do {
+            consumer = try RingConsumer.attach(waitingFor: key, timeout: .seconds(10))
+        } catch {
+            fail("\(error)")
         }
-        guard let consumer = found else { fail("nobody serves \(key)") }
 
         // The socket.
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

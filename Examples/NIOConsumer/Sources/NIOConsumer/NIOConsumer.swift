@@ -111,17 +111,13 @@ enum NIOConsumer {
         let limit = option("--count") ?? Int.max
         let port = option("--port") ?? 0
 
-        var found: RingConsumer?
-        for _ in 0..<1000 where found == nil {
-            do {
-                found = try RingConsumer(key: key)
-            } catch  where error.code == .notFound {
-                usleep(10_000)
-            } catch {
-                fail("\(error)")
-            }
+        // The library waits while nobody serves the key (up to 10 s here).
+        let consumer: RingConsumer
+        do {
+            consumer = try RingConsumer.attach(waitingFor: key, timeout: .seconds(10))
+        } catch {
+            fail("\(error)")
         }
-        guard let consumer = found else { fail("nobody serves \(key)") }
         // NIO closes the descriptors it is given: give it a duplicate (the consumer owns its own).
         let wake = dup(try consumer.wakeEventDescriptor())
         guard wake >= 0 else { fail("dup: errno \(errno)") }

@@ -70,7 +70,7 @@ extension RingConsumer {
         // A wake that ended one of this consumer's earlier waits (an armed one) is passed on
         // before anything else ("Waking many"): the other sleepers must not wait for this
         // consumer to run out of messages.
-        sleeper?.reapCompletions()
+        sleeper?.reap()
         if hasMessage { return nil }
         let epochWord = view.word32(RingLayout.Wake.dataEpoch)
         // Acquire: a consumer that sees an epoch also sees the commits that came before its wake.
@@ -158,7 +158,7 @@ extension RingConsumer {
         guard !state.pointee.closed, let sleeper, let descriptor = sleeper.eventDescriptor else { return }
         var value: UInt64 = 0
         _ = read(descriptor.rawValue, &value, 8)  // EAGAIN: already drained (by a framework)
-        sleeper.reapCompletions()
+        sleeper.reap()
         countWakes()
     }
 

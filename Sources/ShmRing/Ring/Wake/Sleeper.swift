@@ -39,7 +39,7 @@ final class Sleeper {
     /// The poll for the connection's hang-up is queued (it stays armed across sleeps).
     private var pollArmed = false
     /// The hang-up was seen (for good: a connection does not come back).
-    private(set) var producerGone = false
+    private var producerGone = false
     /// The futex wait queued and not completed yet, with the value it compares with: a later
     /// sleep on the same value reuses it (an armed wait that no wake ended), one on another value
     /// queues its own (the old one completes on its own: the word moved).
@@ -268,8 +268,9 @@ final class Sleeper {
         }
     }
 
-    /// Handles every completion already there.
-    private func reap() {
+    /// Handles every completion already there, passing each wake among them on; no system call
+    /// (also called before a consumer decides whether to sleep, and by `acknowledgeWakeEvent`).
+    func reap() {
         guard let ring else { return }
         while let completion = ring.peek() { _ = handle(completion) }
     }
@@ -345,16 +346,8 @@ final class Sleeper {
         // nothing); the producer's store is ordered by its system call, as above.
         if CShmAtomics_u32_compare_exchange_acq_rel(passOn, &token, 0) {
             _ = CShmLinux_futex_wake(epochWord, Int32.max, false)
-            passedOn &+= 1
         }
     }
-
-    /// Handles the completions already there (each wake among them is passed on), without a
-    /// system call: before a consumer decides whether to sleep.
-    func reapCompletions() { reap() }
-
-    /// Wakes this consumer passed on to the others (statistics).
-    private(set) var passedOn: UInt64 = 0
 
     /// Takes back the request tagged `tag`; a description of the failure, or nil.
     private func cancel(_ tag: UInt64, on ring: IOURing) -> String? {
