@@ -60,6 +60,33 @@ import Glibc
         #expect(next.count == 1 && next.first?.missedMessages == 0)
     }
 
+    /// A lossy consumer that has read everything up to padding at a lap's end, while the record
+    /// after it is not committed yet (a claim in progress, or one a dead producer left), has
+    /// nothing to read: it moves past the padding, and its wait sleeps instead of returning at
+    /// once (before, it saw the padding as news for ever, and spun).
+    @Test func paddingWithNothingAfterItIsNotAMessage() throws {
+        let key = uniqueKey()
+        let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))
+        let consumer = try RingConsumer(key: key, configuration: .init(start: .oldest, policy: .lossy))
+        let length = 200
+        let size = producer.recordSize(length: length)
+        try #require(4096 % size != 0, "the lap must end in padding")
+        for _ in 0..<(4096 / size) { _ = try producer.publish([UInt8](repeating: 1, count: length)) }
+        #expect(try consumer.poll { _, _ in .continue } == 4096 / size)
+        var polled = -1
+        var waited: RingConsumer.WaitResult?
+        let result = try producer.claim(length: length) { (_: inout MutableRawSpan) -> ClaimDecision in
+            // The padding is written; this record is not committed while the claim is open.
+            polled = (try? consumer.poll { _, _ in .continue }) ?? -1
+            waited = try? consumer.wait(timeout: .milliseconds(1))
+            return .commit
+        }
+        #expect(result == .published)
+        #expect(polled == 0)
+        #expect(waited == .timedOut, "nothing to read: the wait sleeps until its timeout")
+        #expect(try consumer.poll { _, _ in .continue } == 1)
+    }
+
     @Test func gatingAndLossyConsumersOnOneRing() throws {
         let key = uniqueKey()
         let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 4096))

@@ -184,6 +184,13 @@ struct ValidatingReader {
                 if count == 0, let malformed {
                     throw .malformedRecord(length: malformed.length, position: malformed.position)
                 }
+                if count == 0 && Int64(bitPattern: state.pointee.position &- oldest) >= 0 {
+                    // Nothing to hand out, but intact padding may have been crossed: move past
+                    // it. Otherwise `hasMessage` would see the padding for ever: waits would
+                    // return at once instead of sleeping, and a consumer whose producer died
+                    // just after its padding would spin without learning that it is gone.
+                    state.pointee.position = position
+                }
                 return 0..<count
             }
             // Lapped: resume at the first intact record read, or at the oldest the index knows.
