@@ -108,6 +108,9 @@ package enum RendezvousError: Error, Equatable, CustomStringConvertible {
     case incompatibleVersion(String)
     /// The other side broke the protocol (garbage, wrong descriptor count, ...).
     case protocolViolation(String)
+    /// The reply's descriptors did not all fit in this process's descriptor table (MSG_CTRUNC
+    /// under a low RLIMIT_NOFILE): the ones that arrived were closed.
+    case descriptorTableFull(received: Int)
     /// The key serves another kind of segment (a ring, not shared memory).
     case wrongKind(RendezvousProtocol.SegmentKind)
     /// No reply within the handshake timeout.
@@ -130,6 +133,9 @@ package enum RendezvousError: Error, Equatable, CustomStringConvertible {
         case .readOnlySegment: "only the creator may write this segment; attach read-only"
         case .incompatibleVersion(let what): what
         case .protocolViolation(let what): "rendezvous protocol violation: \(what)"
+        case .descriptorTableFull(let received):
+            "the reply's descriptors did not fit in this process's descriptor table (only \(received) arrived; "
+                + "RLIMIT_NOFILE or EMFILE): close descriptors or raise the limit"
         case .wrongKind(let kind): "the key serves a \(kind == .ring ? "ring" : "shared-memory segment")"
         case .timedOut(let timeout): "no answer from the creator within \(timeout)"
         case .serverError(let errno): "the creator could not serve the request: \(errno)"

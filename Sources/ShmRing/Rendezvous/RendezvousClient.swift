@@ -171,7 +171,11 @@ package struct RendezvousConnection: ~Copyable {
                     break
                 case .peerClosed, .system:
                     throw .notFound("the creator of \(key) closed the connection without a reply")
-                case .payloadTruncated, .descriptorsTruncated:
+                case .descriptorsTruncated(let received, _):
+                    // The server sends at most the kernel's SCM_MAX_FD, which this receive has room
+                    // for: cut off here means this process's descriptor table is full.
+                    throw .descriptorTableFull(received: received)
+                case .payloadTruncated:
                     throw .protocolViolation("the reply for \(key): \(error)")
                 }
             }

@@ -67,6 +67,7 @@ extension SharedMemoryError {
             self.init(.permissionDenied, key: key, "only the creator writes this segment: attach it .readOnly")
         case .incompatibleVersion(let what): self.init(.incompatible, key: key, what)
         case .wrongKind: self.init(.incompatible, key: key, "\(key) is a ring, not a shared-memory segment")
+        case .descriptorTableFull: self.init(.outOfResources, key: key, error.description, errno: .tooManyOpenFiles)
         case .protocolViolation, .timedOut, .noFreeSlot, .gatingRefused:
             self.init(.unknown, key: key, error.description)
         case .serverError(let errno):
