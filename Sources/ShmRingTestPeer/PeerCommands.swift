@@ -36,6 +36,9 @@ enum PeerCommands {
         "ring-evict-produce": WakeCommands.evictProduce,
         "ring-wait-pingpong": WakeCommands.pingPong,
         "ring-doorbell-scribble": WakeCommands.scribbleDoorbell,
+        "ring-reserve": FaultCommands.reserve,
+        "ring-attach-limited": FaultCommands.attachLimited,
+        "ring-create-limited": FaultCommands.createLimited,
     ]
 
     /// `--lock-fd N --data-fd M --count K`: K increments of the UInt64 at offset 0 of the data

@@ -15,6 +15,18 @@ enum RingCommands {
         return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
     }
 
+    /// `poll`, with nil for "the producer is gone and everything it committed was read"
+    /// (`.producerGone`, which a consumer that spins may see from its poll before its idle does).
+    static func pollUnlessGone(
+        _ consumer: RingConsumer, limit: Int, _ handler: (RawSpan, RingRecordInfo) -> PollAction
+    ) throws -> Int? {
+        do {
+            return try consumer.poll(limit: limit, handler)
+        } catch  where error.code == .producerGone {
+            return nil
+        }
+    }
+
     /// Spin a little, then yield: two vCPUs are shared by the producer and every consumer.
     static let idle = IdleStrategy.spinThenYield
 

@@ -34,14 +34,22 @@ enum WakeCommands {
         var rounds = 0
         var firstLatencies: [UInt64] = []
         while verification.received < count {
-            let got = try consumer.poll(limit: count - verification.received) { bytes, info in
-                verification.check(bytes, info)
-                if burst > 0 && info.sequence % burst == 0,
-                    case .valid(_, let stamp) = bytes.withUnsafeBytes({ GeneratedMessage.check($0) })
-                {
-                    firstLatencies.append(RingCommands.now() &- stamp)
-                }
-                return .continue
+            // A spinning consumer's poll may be the first to see the producer go.
+            guard
+                let got = try RingCommands.pollUnlessGone(
+                    consumer, limit: count - verification.received,
+                    { bytes, info in
+                        verification.check(bytes, info)
+                        if burst > 0 && info.sequence % burst == 0,
+                            case .valid(_, let stamp) = bytes.withUnsafeBytes({ GeneratedMessage.check($0) })
+                        {
+                            firstLatencies.append(RingCommands.now() &- stamp)
+                        }
+                        return .continue
+                    })
+            else {
+                ended = "producerGone"
+                break
             }
             if got > 0 {
                 rounds = 0
@@ -277,13 +285,17 @@ enum WakeCommands {
             (latencies, cpuStart, started) = (box.latencies, box.cpuStart, box.started)
         } else {
             while latencies.count < count {
-                let got = try consumer.poll(limit: count - latencies.count) { bytes, _ in
-                    let now = RingCommands.now()
-                    if case .valid(_, let stamp) = bytes.withUnsafeBytes({ GeneratedMessage.check($0) }) {
-                        latencies.append(now &- stamp)
-                    }
-                    return .continue
-                }
+                guard
+                    let got = try RingCommands.pollUnlessGone(
+                        consumer, limit: count - latencies.count,
+                        { bytes, _ in
+                            let now = RingCommands.now()
+                            if case .valid(_, let stamp) = bytes.withUnsafeBytes({ GeneratedMessage.check($0) }) {
+                                latencies.append(now &- stamp)
+                            }
+                            return .continue
+                        })
+                else { break }
                 if got > 0 {
                     rounds = 0
                     if started == 0 { (cpuStart, started) = (cpuNanoseconds(), RingCommands.now()) }

@@ -144,9 +144,10 @@ struct Sub: ParsableCommand {
                 continue
             }
             // The consumer says when the producer went, whatever the strategy (a blocking wait at
-            // once, the others within about a millisecond of idleness). Then drain what it
-            // committed before going.
-            if try consumer.idle(using: strategy, rounds: &rounds) == .producerGone {
+            // once, the others within about a millisecond of idleness; the poll, once drained).
+            // Then drain what it committed before going.
+            if try state.producerWent || consumer.idle(using: strategy, rounds: &rounds) == .producerGone {
+                state.producerWent = false
                 _ = try poll(consumer, limit: wanted - state.messages, &state, &output)
                 output.flush()
                 ending = state.ended ? "end of stream" : "producer gone"
@@ -192,6 +193,9 @@ private func poll(_ consumer: RingConsumer, limit: Int, _ state: inout Reading, 
         }
     } catch {
         switch error.code {
+        case .producerGone:
+            state.producerWent = true
+            return 0
         case .demoted, .cannotKeepUp:
             output.flush()
             printError("shmring sub: \(error.description)")
@@ -255,6 +259,8 @@ struct Reading {
     /// Laps reported (each one a resumption after missed messages).
     var laps = 0
     var ended = false
+    /// The last poll reported that the producer is gone (every message it committed was read).
+    var producerWent = false
     /// Producers read from (more than one with `--reattach`).
     var producers = 1
     /// What the consumers of earlier producers missed, and whether one was demoted.

@@ -100,6 +100,56 @@ extension MultiProcess {
             _ = producer.wait(timeout: .seconds(60))
         }
 
+        /// With `reattach: .follow`, the iteration goes on with the next producer of the key: its
+        /// messages carry the new segment id and their own sequence numbers, after every message
+        /// of the first producer.
+        @Test func anAsyncSequenceFollowsTheNextProducer() async throws {
+            let key = uniqueKey()
+            let first = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 16))
+            let consumer = try RingConsumer(key: key)
+            _ = try first.publish([1])
+            _ = try first.publish([2])
+            first.close()  // gone, with two messages left to read
+            var second: RingProducer?
+            var received: [(byte: UInt8, sequence: UInt64, ring: SegmentID)] = []
+            for try await message in consumer.messages(reattach: .follow(timeout: .seconds(60))) {
+                received.append((message.bytes[0], message.info.sequence, message.segmentID))
+                if received.count == 2 {
+                    // The next producer: the consumer, waiting for one, reads it from its oldest.
+                    let next = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 16))
+                    _ = try next.publish([3])
+                    _ = try next.publish([4])
+                    second = next
+                }
+                if received.count == 4 { break }
+            }
+            let next = try #require(second)
+            #expect(received.map(\.byte) == [1, 2, 3, 4])
+            #expect(received.map(\.sequence) == [0, 1, 0, 1])
+            #expect(received.map(\.ring) == [first.segmentID, first.segmentID, next.segmentID, next.segmentID])
+            next.close()
+        }
+
+        /// With no next producer within the policy's timeout, the iteration throws `.notFound`.
+        @Test func anAsyncSequenceGivesUpOnTheNextProducerAfterItsTimeout() async throws {
+            let key = uniqueKey()
+            let producer = try RingProducer(key: key, configuration: RingConfiguration(capacity: 1 << 16))
+            let consumer = try RingConsumer(key: key)
+            _ = try producer.publish([7])
+            producer.close()
+            var bytes: [[UInt8]] = []
+            var thrown: RingError.Code?
+            do {
+                for try await message in consumer.messages(reattach: .follow(timeout: .milliseconds(100))) {
+                    bytes.append(message.bytes)
+                }
+            } catch {
+                thrown = error.code
+            }
+            #expect(bytes == [[7]])
+            #expect(thrown == .notFound)
+        }
+
         /// Leaving the loop early (`break`) ends the iterator's waiting thread, and the consumer
         /// can be iterated again.
         @Test func leavingTheLoopEarlyEndsItsWaitingThread() async throws {

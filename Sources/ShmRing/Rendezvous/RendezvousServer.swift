@@ -38,6 +38,15 @@ package final class RendezvousServer: @unchecked Sendable {
         /// `false` when the server ended it (the server stops, or the attacher wrote where the
         /// protocol allows nothing).
         package var onClose: (@Sendable (_ attacherGone: Bool) -> Void)?
+        /// For a kept connection: whether the attacher has finished setting up after its reply
+        /// (a ring consumer has joined), asked on the server thread on each of its rounds until
+        /// it says yes. At `settleTimeout` after the reply it is asked with `final` true, and must
+        /// then decide for good (refusing a late settle); if the answer is still no, the server
+        /// ends the connection (`onClose(false)`, counted in `settleTimeouts`): a joiner that
+        /// hangs or was stopped mid-join does not hold its reservation for ever. (One that died
+        /// hangs up, which ends the connection at once.)
+        package var settled: (@Sendable (_ final: Bool) -> Bool)?
+        package var settleTimeout: Duration = .seconds(5)
 
         package init(reply: RendezvousProtocol.Reply) { self.reply = reply }
     }
@@ -63,6 +72,8 @@ package final class RendezvousServer: @unchecked Sendable {
         package var handshakeTimeouts: UInt64
         package var acceptBackoffs: UInt64
         package var attached: UInt64
+        /// Kept connections ended because the attacher had not settled in time (`Response.settled`).
+        package var settleTimeouts: UInt64
     }
 
     package let address: RendezvousAddress
@@ -79,7 +90,7 @@ package final class RendezvousServer: @unchecked Sendable {
     private var closed = false
 
     private enum Counter: Int, CaseIterable {
-        case served, refused, badRequests, handshakeTimeouts, acceptBackoffs, attached
+        case served, refused, badRequests, handshakeTimeouts, acceptBackoffs, attached, settleTimeouts
     }
 
     /// Claims the key: takes the directory lock file if any and binds and listens on the socket,
@@ -181,7 +192,7 @@ package final class RendezvousServer: @unchecked Sendable {
         return Statistics(
             served: load(.served), refused: load(.refused), badRequests: load(.badRequests),
             handshakeTimeouts: load(.handshakeTimeouts), acceptBackoffs: load(.acceptBackoffs),
-            attached: load(.attached))
+            attached: load(.attached), settleTimeouts: load(.settleTimeouts))
     }
 
     private func count(_ counter: Counter, _ delta: Int64 = 1) {
@@ -214,6 +225,9 @@ package final class RendezvousServer: @unchecked Sendable {
     private struct Attached {
         var socket: FileDescriptor
         var onClose: (@Sendable (_ attacherGone: Bool) -> Void)?
+        /// Until the attacher has settled: the question, and when to stop waiting for a yes.
+        var settled: (@Sendable (_ final: Bool) -> Bool)?
+        var settleDeadline: ContinuousClock.Instant?
 
         func close(attacherGone: Bool) {
             socket.closeIgnoringErrors()
@@ -244,7 +258,7 @@ package final class RendezvousServer: @unchecked Sendable {
                 entries.append(pollfd(fd: connection.socket.rawValue, events: hangUp, revents: 0))
             }
 
-            var nextDeadline = pending.map(\.deadline).min()
+            var nextDeadline = (pending.map(\.deadline) + attached.compactMap(\.settleDeadline)).min()
             if let until = backoffUntil { nextDeadline = min(nextDeadline ?? until, until) }
             let timeout = nextDeadline.map { ($0 - now).pollMilliseconds } ?? -1
             let ready = Glibc.poll(&entries, nfds_t(entries.count), timeout)
@@ -255,15 +269,27 @@ package final class RendezvousServer: @unchecked Sendable {
             // allows none after the reply.
             let attachedBase = 2 + pending.count
             var stillAttached: [Attached] = []
-            for (index, connection) in attached.enumerated() {
+            let polledAt = ContinuousClock.now
+            for (index, var connection) in attached.enumerated() {
                 let events = entries[attachedBase + index].revents
                 if events != 0 {
                     connection.close(
                         attacherGone: events & (CShmLinux_POLLRDHUP | Int16(POLLHUP) | Int16(POLLERR)) != 0)
                     count(.attached, -1)
-                } else {
-                    stillAttached.append(connection)
+                    continue
                 }
+                if let deadline = connection.settleDeadline {
+                    if connection.settled?(deadline <= polledAt) ?? true {
+                        connection.settleDeadline = nil
+                        connection.settled = nil
+                    } else if deadline <= polledAt {
+                        count(.settleTimeouts)
+                        connection.close(attacherGone: false)
+                        count(.attached, -1)
+                        continue
+                    }
+                }
+                stillAttached.append(connection)
             }
             attached = stillAttached
 
@@ -386,7 +412,9 @@ package final class RendezvousServer: @unchecked Sendable {
             response.onClose?(true)
             return nil
         }
-        return Attached(socket: socket, onClose: response.onClose)
+        return Attached(
+            socket: socket, onClose: response.onClose, settled: response.settled,
+            settleDeadline: response.settled.map { _ in ContinuousClock.now + response.settleTimeout })
     }
 
     /// Best-effort error reply to a client that is refused or broke the protocol.

@@ -128,6 +128,9 @@ enum RingLayout {
         @inlinable static var lappedMessages: Int { Int(CSHMRING_SLOT_LAPPED_MESSAGES) }
         @inlinable static var lappedBytes: Int { Int(CSHMRING_SLOT_LAPPED_BYTES) }
         @inlinable static var joined: Int { Int(CSHMRING_SLOT_JOINED) }
+        /// What the producer's server leaves in `joined` when the join timeout passed first
+        /// (never a generation: those count from 1).
+        @inlinable static var joinRefused: UInt64 { .max }
         @inlinable static var lagLimitBytes: Int { Int(CSHMRING_SLOT_LAG_LIMIT_BYTES) }
         @inlinable static var lagLimitNanoseconds: Int { Int(CSHMRING_SLOT_LAG_LIMIT_NANOSECONDS) }
         @inlinable static var sleeping: Int { Int(CSHMRING_SLOT_SLEEPING) }

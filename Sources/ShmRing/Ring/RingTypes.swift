@@ -49,6 +49,12 @@ public struct RingError: Error, Equatable, Sendable, CustomStringConvertible {
         /// The producer evicted this consumer: its control page held a value that cannot be right
         /// (a cursor outside the ring's window). Permanent; attach again.
         case evicted
+        /// The producer is gone (its rendezvous connection hung up) and this consumer has read
+        /// every message it committed. Thrown by `poll` and `pollInPlace`, which look at the
+        /// connection about once per millisecond of empty polls (a clock read every 64 of them,
+        /// no system call per poll); `wait` and `idle` return `.producerGone` instead. Follow the
+        /// next producer with `reattached(timeout:)`.
+        case producerGone
         /// What was asked needs something this system does not offer (the message says what:
         /// a wake-up descriptor needs io_uring with `FUTEX_WAIT`).
         case unsupported
@@ -326,6 +332,11 @@ public struct RingConfiguration: Sendable, Equatable {
     public var maxConsumers: Int
     /// Refuse gating consumers: the producer then never waits.
     public var refusesGating: Bool
+    /// How long a consumer may take from its handshake reply to its join (microseconds, unless
+    /// it is stopped or hangs). A slot reserved longer is taken back: the server ends that
+    /// consumer's connection, and it sees the producer as gone. A joiner that dies frees its slot
+    /// at once (its connection hangs up). Default 5 s; more than 0, at most an hour.
+    public var joinTimeout: Duration
     /// Who may attach as a consumer (the same rules as `SharedMemory`; `writers` is ignored: only
     /// the producer writes a ring). In the ring's API "policy" alone means a consumer's policy.
     public var access: AccessPolicy
@@ -342,6 +353,7 @@ public struct RingConfiguration: Sendable, Equatable {
         self.alignment = 16
         self.maxMessageLength = nil
         self.maxConsumers = 64
+        self.joinTimeout = .seconds(5)
         self.refusesGating = false
         self.access = AccessPolicy()
         self.fingerprint = .untyped

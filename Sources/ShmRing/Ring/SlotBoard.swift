@@ -33,6 +33,23 @@ struct SlotControls {
     @inlinable func demoted(_ slot: Int) -> UnsafeMutablePointer<UInt64> { words + (slot &* 4 &+ 3) }
 }
 
+/// Where a consumer slot is in its life (docs/failure-model.md, "A slot's life"). Kept by the
+/// rendezvous server's thread; the producer's thread sees only the private generation.
+enum SlotState: Equatable {
+    /// Nobody holds it; its private generation is 0.
+    case free
+    /// Handed out with a handshake reply: the joiner maps the ring and joins (its page's `joined`
+    /// then holds its generation). While it joins it may already hold a gating producer back
+    /// (from its store of `active`). If it has not joined within the ring's join timeout, the
+    /// server refuses the join (`decideJoin`), ends its connection, and reclaims the slot.
+    case reserved
+    /// Joined: the producer reads its cursor (and waits for it, if gating).
+    case active
+    /// Its connection ended (it detached, died, or timed out joining): being reclaimed — out of
+    /// the gating set, its futex waits counted out, the producer and sleepers woken — then free.
+    case leaving
+}
+
 /// The consumer slots of one ring, on the producer's side.
 ///
 /// One reserved range of `count` pages; slot `i` is the page at `base + i * 4096`. Every
@@ -50,11 +67,14 @@ final class SlotBoard: @unchecked Sendable {
     private var segments: [Segment]
     /// Whether the current page of a slot was handed out (the next holder gets a fresh one).
     private var handedOut: [Bool]
-    private(set) var inUse: [Bool]
+    private(set) var states: [SlotState]
     private var lastGeneration: UInt64 = 0
     /// How many slots are handed out: a private futex word, changed on this thread and woken for
     /// the producer's `waitForConsumers`.
     let occupancy: UnsafeMutablePointer<UInt32>
+    /// Slots reclaimed from consumers that went without detaching (they died, or were cut off
+    /// mid-join): written on this thread, read by any (relaxed).
+    let abandoned: UnsafeMutablePointer<UInt64>
 
     init(key: String, count: Int) throws(RingError) {
         let size = count * RingLayout.slotSize
@@ -71,9 +91,11 @@ final class SlotBoard: @unchecked Sendable {
         control = SlotControls(count: count)
         occupancy = .allocate(capacity: 1)
         occupancy.initialize(to: 0)
+        abandoned = .allocate(capacity: 1)
+        abandoned.initialize(to: 0)
         segments = []
         handedOut = Array(repeating: false, count: count)
-        inUse = Array(repeating: false, count: count)
+        states = Array(repeating: .free, count: count)
         for index in 0..<count {
             do {
                 segments.append(try Self.freshPage(key: key, index: index, at: page(index)))
@@ -82,6 +104,7 @@ final class SlotBoard: @unchecked Sendable {
                 munmap(base, size)
                 control.words.deallocate()
                 occupancy.deallocate()
+                abandoned.deallocate()
                 throw error
             }
         }
@@ -92,6 +115,7 @@ final class SlotBoard: @unchecked Sendable {
         munmap(base, count * RingLayout.slotSize)
         control.words.deallocate()
         occupancy.deallocate()
+        abandoned.deallocate()
     }
 
     func page(_ index: Int) -> UnsafeMutableRawPointer { base + index * RingLayout.slotSize }
@@ -112,7 +136,7 @@ final class SlotBoard: @unchecked Sendable {
     /// Hands a free slot to a new consumer: a fresh page if the slot's page was handed out
     /// before, a new generation, the policy granted. Nil when every slot is taken.
     func handOut(policy: ConsumerPolicy) throws(RingError) -> (slot: Int, generation: UInt64, page: FileDescriptor)? {
-        guard let slot = inUse.firstIndex(of: false) else { return nil }
+        guard let slot = states.firstIndex(of: .free) else { return nil }
         if handedOut[slot] {
             // The old holder may still hold its descriptor: never let it see (or write) the next
             // holder's page.
@@ -123,7 +147,7 @@ final class SlotBoard: @unchecked Sendable {
         lastGeneration &+= 1
         let generation = lastGeneration
         handedOut[slot] = true
-        inUse[slot] = true
+        states[slot] = .reserved
         let page = page(slot)
         // A copy of the generation for the consumer (it checks it against the reply) and for
         // observers; the producer decides only by its private copy below.
@@ -142,6 +166,28 @@ final class SlotBoard: @unchecked Sendable {
         return (slot, generation, segments[slot].descriptor)
     }
 
+    /// Whether the joiner of `slot` (holding `generation`) has joined: its page's `joined` says
+    /// so. Moves the slot from reserved to active. With `final` (the join timeout has passed),
+    /// decides: unless the generation is there, swaps in `joinRefused`, so that a joiner that
+    /// was only stopped cannot complete its join after the slot is reclaimed (RingJoiner.join
+    /// swaps its generation in the same way; one of the two wins) and returns false.
+    func decideJoin(_ slot: Int, generation: UInt64, final: Bool) -> Bool {
+        guard states[slot] == .reserved else { return states[slot] == .active }
+        let word = (page(slot) + RingLayout.Slot.joined).assumingMemoryBound(to: UInt64.self)
+        // Relaxed while not final: a look; the producer decides whom it waits for by its own
+        // acquire load (GatingScanner.sampleSlot).
+        var joined = CShmAtomics_u64_load_relaxed(word)
+        if final {
+            // Acq_rel: partner, the joiner's compare-and-swap of its generation.
+            while joined != generation {
+                if CShmAtomics_u64_compare_exchange_acq_rel(word, &joined, RingLayout.Slot.joinRefused) { return false }
+            }
+        }
+        guard joined == generation else { return false }
+        states[slot] = .active
+        return true
+    }
+
     /// The futex waits the consumer of `slot` counted in the doorbell's `sleepers` and did not
     /// count out (its page's `counted_waits`; a hint, capped at 64).
     func countedWaits(_ slot: Int) -> UInt32 {
@@ -155,9 +201,18 @@ final class SlotBoard: @unchecked Sendable {
     /// The consumer of `slot` detached or died: the producer stops looking at it at once, and the
     /// slot is free for the next joiner (with a fresh page).
     func reclaim(_ slot: Int) {
+        states[slot] = .leaving
+        // Still marked active by its holder: it went without detaching (it died, or was cut off
+        // mid-join). Relaxed: its connection's end orders its last store; a count, not a decision.
+        let active = (page(slot) + RingLayout.Slot.active).assumingMemoryBound(to: UInt64.self)
+        let generation = CShmAtomics_u64_load_relaxed(control.generation(slot))
+        if generation != 0 && CShmAtomics_u64_load_relaxed(active) == generation {
+            // Relaxed: a statistic (written on this thread only).
+            CShmAtomics_u64_store_relaxed(abandoned, CShmAtomics_u64_load_relaxed(abandoned) &+ 1)
+        }
         // Release: pairs with the producer's acquire load in sampleSlot (the slot is then free).
         CShmAtomics_u64_store_release(control.generation(slot), 0)
-        inUse[slot] = false
+        defer { states[slot] = .free }
         changeOccupancy(by: -1)
         // A producer asleep on a full ring because of this consumer sleeps on the word in this
         // page (the next holder gets a fresh one): move it on and wake it. Release, as the

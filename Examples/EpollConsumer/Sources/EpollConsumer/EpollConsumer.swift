@@ -71,11 +71,19 @@ enum EpollConsumer {
         var producerGone = false
 
         /// The contract of `wakeEventDescriptor`: poll until empty, then arm; `.ready` means poll again.
+        /// The producer's going shows in either: `armWakeEvent` returns it, `poll` throws it.
         func readRing() throws(RingError) {
             while messages < limit {
-                let got = try consumer.poll(limit: min(256, limit - messages)) { message, _ in
-                    bytes += message.byteCount
-                    return .continue
+                let got: Int
+                do {
+                    got = try consumer.poll(limit: min(256, limit - messages)) { message, _ in
+                        bytes += message.byteCount
+                        return .continue
+                    }
+                } catch {
+                    guard error.code == .producerGone else { throw error }
+                    producerGone = true
+                    return
                 }
                 messages += got
                 if got > 0 { continue }

@@ -39,14 +39,23 @@ final class Feed: @unchecked Sendable {
     }
 
     /// The contract of `wakeEventDescriptor`: poll until empty, then arm; `.ready` means poll
-    /// again, `.armed` means wait for the eventfd.
+    /// again, `.armed` means wait for the eventfd. The producer's going shows in either:
+    /// `armWakeEvent` returns it, `poll` throws it.
     func read() {
         loop.preconditionInEventLoop()
         do {
             while messages < limit {
-                let got = try consumer.poll(limit: min(256, limit - messages)) { message, _ in
-                    self.bytes += message.byteCount
-                    return .continue
+                let got: Int
+                do {
+                    got = try consumer.poll(limit: min(256, limit - messages)) { message, _ in
+                        self.bytes += message.byteCount
+                        return .continue
+                    }
+                } catch {
+                    guard error.code == .producerGone else { throw error }
+                    producerGone = true
+                    done.succeed()
+                    return
                 }
                 messages += got
                 if got > 0 { continue }

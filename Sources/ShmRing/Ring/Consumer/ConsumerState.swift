@@ -40,6 +40,9 @@ struct ConsumerState {
     @usableFromInline var noticeSeen: UInt64 = 0
     /// Polls of a gating consumer that found nothing (every 4096th looks at the producer's tail).
     @usableFromInline var emptyPolls: UInt64 = 0
+    /// Polls that handed out nothing, counted by `RingConsumer.poll` for its look at the
+    /// producer's connection (every 64th reads the clock).
+    @usableFromInline var idlePolls: UInt64 = 0
     /// At the last lap: the tail intent minus the capacity (everything before it may have been
     /// overwritten) when the lap was found, and again once the resumption point was chosen (the
     /// producer goes on meanwhile). For tests that check where the consumer resumed.
@@ -103,6 +106,8 @@ enum ReadFailure: Error {
     case tailMisaligned(UInt64)
     /// The join never validated.
     case joinNeverValidated
+    /// The producer took the slot back before the join completed (its join timeout passed).
+    case joinRefused
 }
 
 /// What a zero-copy poll of a validating consumer handed out (`RingConsumer.pollInPlace`).

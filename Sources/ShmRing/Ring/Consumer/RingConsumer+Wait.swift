@@ -210,7 +210,7 @@ extension RingConsumer {
 
     /// Whether the producer is gone and nothing is left, looked at (one `poll(2)` of the
     /// rendezvous connection) at most once per millisecond.
-    private func producerWentDuringIdleness() -> Bool {
+    func producerWentDuringIdleness() -> Bool {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)  // the vDSO: no system call
         let nanoseconds = UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)

@@ -255,19 +255,25 @@ public final class RingConsumer {
     /// - Throws: `.corrupted` when a committed record's length cannot be right; `.demoted` once,
     ///   when the producer demoted this consumer (polling again goes on, lossy); `.cannotKeepUp`
     ///   when lapped on every attempt of this poll (it has resumed at the oldest intact record);
-    ///   `.evicted`; `.closed` after `detach()`.
+    ///   `.evicted`; `.producerGone` when the producer is gone and every message it committed was
+    ///   read (looked at about once per millisecond of empty polls, without a system call per
+    ///   poll); `.closed` after `detach()`.
     @inlinable
     @discardableResult
     public func poll(limit: Int = .max, _ handler: (RawSpan, RingRecordInfo) -> PollAction) throws(RingError) -> Int {
         guard !state.pointee.closed else { throw closedError() }
         // One load of this consumer's own page per poll: has the producer told it something?
         if slot.notice != state.pointee.noticeSeen { try takeNotice() }
+        let handled: Int
         do throws(ReadFailure) {
-            if state.pointee.validating { return try validating.pollCopying(limit: limit, handler) }
-            return try gating.poll(limit: limit, handler)
+            handled =
+                state.pointee.validating
+                ? try validating.pollCopying(limit: limit, handler) : try gating.poll(limit: limit, handler)
         } catch {
             throw ringError(error)
         }
+        if handled == 0 { try countIdlePoll() }
+        return handled
     }
 
     /// Zero-copy polling for a lossy consumer (or one with a lag limit): the handler reads each
@@ -285,14 +291,17 @@ public final class RingConsumer {
     {
         guard !state.pointee.closed else { throw closedError() }
         if slot.notice != state.pointee.noticeSeen { try takeNotice() }
+        let result: InPlacePollResult
         do throws(ReadFailure) {
-            guard state.pointee.validating else {
-                return InPlacePollResult(handled: try gating.poll(limit: limit, handler), torn: 0)
-            }
-            return try validating.pollInPlace(limit: limit, handler)
+            result =
+                state.pointee.validating
+                ? try validating.pollInPlace(limit: limit, handler)
+                : InPlacePollResult(handled: try gating.poll(limit: limit, handler), torn: 0)
         } catch {
             throw ringError(error)
         }
+        if result.handled == 0 && result.torn == 0 { try countIdlePoll() }
+        return result
     }
 
     /// Polls values of the ring's type.
@@ -318,6 +327,18 @@ public final class RingConsumer {
                 .corrupted, key: key, "a \(wrongLength)-byte record where \(T.self) takes \(MemoryLayout<T>.size)")
         }
         return count
+    }
+
+    /// A poll found nothing: every 64th such poll reads the clock (the vDSO), and once per
+    /// millisecond looks at the producer's connection. Throws `.producerGone` when it hung up and
+    /// nothing is left to read.
+    @usableFromInline
+    func countIdlePoll() throws(RingError) {
+        state.pointee.idlePolls &+= 1
+        guard state.pointee.idlePolls & 63 == 0, producerWentDuringIdleness() else { return }
+        throw RingError(
+            .producerGone, key: key,
+            "the producer of \(key) is gone, and this consumer read every message it committed")
     }
 
     /// Acts on the producer's notice bits: evicted (permanent, every poll throws), demoted (once).
@@ -373,6 +394,11 @@ public final class RingConsumer {
                 .corrupted, key: key, "the producer's tail \(position) is not a multiple of the record alignment")
         case .joinNeverValidated:
             RingError(.corrupted, key: key, "could not join: the producer's limit never covers its own tail")
+        case .joinRefused:
+            RingError(
+                .evicted, key: key,
+                "the producer of \(key) took this consumer's slot back before its join completed (it did not "
+                    + "join within the ring's join timeout: stopped or hung mid-join); attach again")
         }
     }
 

@@ -47,8 +47,19 @@ struct RingJoiner {
                 // Release: the validated registration. From here on a cursor outside the window
                 // is not a joiner's passing state but a page that cannot be trusted: the producer
                 // evicts it (partner: its acquire load in GatingScanner.sampleSlot).
-                CShmAtomics_u64_store_release(slot.word(RingLayout.Slot.joined), slot.generation)
-                return
+                // A compare-and-swap, not a store: the producer's server, at the join timeout,
+                // swaps in `joinRefused` unless the generation is there (SlotBoard.decideJoin);
+                // exactly one of the two wins. Acq_rel: the release above, and the acquire of the
+                // server's refusal.
+                var found = CShmAtomics_u64_load_relaxed(slot.word(RingLayout.Slot.joined))
+                while found != RingLayout.Slot.joinRefused {
+                    if CShmAtomics_u64_compare_exchange_acq_rel(
+                        slot.word(RingLayout.Slot.joined), &found, slot.generation)
+                    {
+                        return
+                    }
+                }
+                throw .joinRefused
             }
         }
         throw .joinNeverValidated

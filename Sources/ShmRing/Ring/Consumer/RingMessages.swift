@@ -12,11 +12,26 @@ public struct RingMessage: Sendable, Equatable {
     public var bytes: [UInt8]
     /// Its sequence number, position, type tag and what was missed before it.
     public var info: RingRecordInfo
+    /// The ring it came from: a new producer under the same key is a new `segmentID`, and its
+    /// sequence numbers start again (see `RingConsumer.messages(idle:reattach:)`).
+    public var segmentID: SegmentID
 
-    public init(bytes: [UInt8], info: RingRecordInfo) {
+    public init(bytes: [UInt8], info: RingRecordInfo, segmentID: SegmentID) {
         self.bytes = bytes
         self.info = info
+        self.segmentID = segmentID
     }
+}
+
+/// Whether `RingConsumer.messages(idle:reattach:)` follows the next producer of its key when the
+/// producer goes, instead of ending.
+public struct ReattachPolicy: Sendable, Equatable {
+    /// How long to wait for the next producer each time one goes (nil: without end). When it
+    /// passes, the iteration throws `.notFound`.
+    public var timeout: Duration?
+
+    /// Follow every next producer, waiting for each at most `timeout` (nil: without end).
+    public static func follow(timeout: Duration? = nil) -> ReattachPolicy { ReattachPolicy(timeout: timeout) }
 }
 
 extension RingConsumer {
@@ -41,12 +56,23 @@ extension RingConsumer {
     ///   watches an eventfd that the cancellation makes readable (without io_uring, it looks every
     ///   20 ms).
     /// - The iteration ends (`nil`) when the producer is gone and everything it committed was
-    ///   read. It throws what `poll` throws (`.demoted` ends it too: iterate again to go on).
+    ///   read, unless `reattach` says to follow the next producer. It throws what `poll` throws
+    ///   (`.demoted` ends it too: iterate again to go on).
+    /// - With `reattach: .follow(timeout:)`, when the producer is gone and everything it
+    ///   committed was read, the iteration detaches this consumer and waits (suspended, looking
+    ///   every 10 ms, up to every 160 ms while the old producer lingers; cancelling the task ends
+    ///   it) for a producer of another ring under the same key, attaches with this consumer's
+    ///   configuration from that ring's oldest message, and goes on. Each message carries its
+    ///   ring's `segmentID`: a new one marks the new producer, whose sequence numbers start again;
+    ///   two rings' messages never mix, and a producer that ended its stream and lingers is not
+    ///   read twice. When `timeout` passes with no new producer, the iteration throws `.notFound`;
+    ///   an attach error that waiting cannot cure (permission, layout, configuration) ends it
+    ///   with that error. Each attempt's handshake is bounded by 1 s (it runs on the task).
     ///
     /// Iterate once, from one task at a time, and do not poll the consumer meanwhile: the sequence
     /// uses the consumer, which is not thread-safe.
-    public func messages(idle: IdleStrategy = .block()) -> RingMessages {
-        RingMessages(consumer: self, idle: idle)
+    public func messages(idle: IdleStrategy = .block(), reattach: ReattachPolicy? = nil) -> RingMessages {
+        RingMessages(consumer: self, idle: idle, reattach: reattach)
     }
 }
 
@@ -57,14 +83,18 @@ public struct RingMessages: AsyncSequence {
 
     let consumer: RingConsumer
     let idle: IdleStrategy
+    let reattach: ReattachPolicy?
 
-    public func makeAsyncIterator() -> Iterator { Iterator(waiter: MessageWaiter(consumer: consumer, idle: idle)) }
+    public func makeAsyncIterator() -> Iterator {
+        Iterator(waiter: MessageWaiter(consumer: consumer, idle: idle), reattach: reattach)
+    }
 
     public struct Iterator: AsyncIteratorProtocol {
         public typealias Element = RingMessage
         public typealias Failure = RingError
 
-        let waiter: MessageWaiter
+        var waiter: MessageWaiter
+        let reattach: ReattachPolicy?
         var finished = false
 
         public mutating func next(isolation actor: isolated (any Actor)? = #isolation) async throws(RingError)
@@ -73,23 +103,37 @@ public struct RingMessages: AsyncSequence {
             while !finished {
                 if Task.isCancelled { break }
                 var message: RingMessage?
+                let consumer = waiter.consumer
+                var gone = false
                 do {
                     // The owned copy: one allocation, here.
-                    try waiter.consumer.poll(limit: 1) { bytes, info in
+                    try consumer.poll(limit: 1) { bytes, info in
                         message = RingMessage(
-                            bytes: bytes.withUnsafeBytes { [UInt8]($0) }, info: info)
+                            bytes: bytes.withUnsafeBytes { [UInt8]($0) }, info: info, segmentID: consumer.segmentID)
                         return .continue
                     }
                 } catch {
-                    finished = true
-                    waiter.finish()
-                    throw error
+                    if error.code != .producerGone {
+                        finished = true
+                        waiter.finish()
+                        throw error
+                    }
+                    gone = true
+                }
+                if gone {
+                    if try await followed(isolation: actor) { continue }
+                    break
                 }
                 if let message { return message }
                 let waited = await waiter.waitOffThePool()
                 switch waited {
                 case .ready, .timedOut: continue
-                case .producerGone, .interrupted: finished = true
+                case .producerGone:
+                    // Drained first: the next poll hands out what is left, and reports the
+                    // producer gone once nothing is.
+                    if try await followed(isolation: actor) { continue }
+                    finished = true
+                case .interrupted: finished = true
                 case .failed(let error):
                     finished = true
                     waiter.finish()
@@ -103,6 +147,55 @@ public struct RingMessages: AsyncSequence {
 
         public mutating func next() async throws(RingError) -> RingMessage? {
             try await next(isolation: nil)
+        }
+
+        /// The producer is gone. Without a policy: false (the iteration ends). With one, once
+        /// nothing is left to read: detaches, waits for a producer of another ring under the same
+        /// key and reads on from it (true); false when the task was cancelled meanwhile; throws
+        /// `.notFound` when the policy's timeout passed, and what an attach threw when it cannot
+        /// come right by waiting (a permission, layout or configuration error).
+        mutating func followed(isolation actor: isolated (any Actor)?) async throws(RingError) -> Bool {
+            let old = waiter.consumer
+            guard let reattach else { return false }
+            if old.hasMessage { return true }  // committed before it went: read it first
+            waiter.finish()
+            old.detach()
+            var configuration = old.configuration
+            configuration.start = .oldest
+            // Each attempt's handshake runs on this task: keep it short.
+            configuration.timeout = Swift.min(configuration.timeout, .seconds(1))
+            let deadline = reattach.timeout.map { ContinuousClock.now + $0 }
+            var pause = Duration.milliseconds(10)
+            while !Task.isCancelled {
+                let next: RingConsumer?
+                do throws(RingError) {
+                    next = try RingConsumer(key: old.key, namespace: old.namespace, configuration: configuration)
+                } catch {
+                    switch error.code {
+                    case .permissionDenied, .incompatibleLayout, .keyError, .typeMismatch, .invalidConfiguration,
+                        .gatingRefused:
+                        finished = true
+                        throw error
+                    default:
+                        next = nil  // nobody serves the key yet, no free slot, a producer that died mid-handshake
+                    }
+                }
+                if let next {
+                    if next.segmentID != old.segmentID {
+                        waiter = MessageWaiter(consumer: next, idle: waiter.idle)
+                        return true
+                    }
+                    next.detach()  // the old producer lingers: not read twice; look less often
+                    pause = Swift.min(pause * 2, .milliseconds(160))
+                }
+                if let deadline, ContinuousClock.now >= deadline {
+                    finished = true
+                    throw RingError(
+                        .notFound, key: old.key, "no new producer served \(old.key) within \(reattach.timeout!)")
+                }
+                try? await Task.sleep(for: pause)
+            }
+            return false
         }
     }
 }
@@ -123,12 +216,14 @@ final class MessageWaiter: @unchecked Sendable {
     }
 
     let consumer: RingConsumer
+    let idle: IdleStrategy
     private let waiting: WaitingThread
     private var thread: pthread_t?
     private var finished = false
 
     init(consumer: RingConsumer, idle: IdleStrategy) {
         self.consumer = consumer
+        self.idle = idle
         waiting = WaitingThread(consumer: consumer, idle: idle)
     }
 

@@ -10,7 +10,7 @@ import Glibc
 extension RingProducer {
     static func handler(
         key: String, slots: SlotBoard, header: Segment, doorbell: Segment, capacity: Int, id: SegmentID,
-        refusesGating: Bool
+        refusesGating: Bool, joinTimeout: Duration
     ) -> RendezvousServer.Handler {
         let headerDescriptor = header.descriptor.rawValue
         let doorbellDescriptor = doorbell.descriptor.rawValue
@@ -94,6 +94,11 @@ extension RingProducer {
             response.temporaryDescriptors = [readOnlyHeader, sharedDoorbell]
             response.reply.roles = [.consumerSlot, .data, .doorbell]
             response.keepOpen = true
+            // Reserved until it joins: a joiner that hangs or is stopped mid-join loses the slot
+            // after the join timeout (one that dies hangs up, which reclaims it at once).
+            let generation = handed.generation
+            response.settled = { final in slots.decideJoin(handed.slot, generation: generation, final: final) }
+            response.settleTimeout = joinTimeout
             // The consumer detached or died: the producer stops looking at its slot at once, and
             // the slot is free for the next joiner (who gets a fresh page).
             response.onClose = { consumerGone in

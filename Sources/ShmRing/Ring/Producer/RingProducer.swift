@@ -73,6 +73,18 @@ public final class RingProducer {
     public var activeConsumerCount: Int { GatingScanner(state: state).activeConsumerCount() }
     /// The longest payload.
     public var maxMessageLength: Int { view.maxMessageLength }
+    /// Consumers that went without detaching — they died (or were cut off mid-join) — whose slot
+    /// the producer reclaimed when their rendezvous connection hung up (docs/failure-model.md).
+    public var consumersLost: UInt64 { CShmAtomics_u64_load_relaxed(slots.abandoned) }
+
+    /// Consumers holding a slot now (joined, or between their handshake and their join); a
+    /// consumer that detached or died no longer counts.
+    public var attachedConsumers: Int { Int(server.statistics.attached) }
+
+    /// Consumers whose slot was taken back because they had not joined within the ring's
+    /// `joinTimeout` after their handshake (docs/failure-model.md, "A slot's life").
+    public var joinTimeouts: UInt64 { server.statistics.settleTimeouts }
+
     /// Evictions so far, and what the last one saw (slot, the producer's position, the cursor, the
     /// published tail): diagnostics for the tests and the peer.
     package var evictions: UInt64 { state.pointee.evictions }
@@ -161,7 +173,7 @@ public final class RingProducer {
                 admits: { [access = config.access] in access.admits($0) },
                 handler: Self.handler(
                     key: key, slots: slots, header: header, doorbell: doorbell, capacity: config.capacity, id: id,
-                    refusesGating: config.refusesGating))
+                    refusesGating: config.refusesGating, joinTimeout: config.joinTimeout))
         } catch {
             throw RingError(error, key: key)
         }
@@ -208,6 +220,11 @@ public final class RingProducer {
                 "maximum message length \(maxLength) is not within 0 ... \(largest) (capacity / 4 - 16)")
         }
         config.maxMessageLength = maxLength
+        guard config.joinTimeout > .zero, config.joinTimeout <= .seconds(3600) else {
+            throw RingError(
+                .invalidConfiguration, key: key,
+                "a join timeout of \(config.joinTimeout): more than 0 ... 1 hour allowed")
+        }
         guard config.maxConsumers >= 1, config.maxConsumers <= 1024 else {
             throw RingError(
                 .invalidConfiguration, key: key, "\(config.maxConsumers) consumer slots: 1 ... 1024 allowed")
