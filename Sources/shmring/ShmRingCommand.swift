@@ -12,7 +12,7 @@ struct ShmRingCommand: ParsableCommand {
         commandName: "shmring",
         abstract: "Shared-memory messaging for Linux: publish, subscribe, inspect, benchmark.",
         version: ShmRingVersion.current,
-        subcommands: [Pub.self, Sub.self, Stat.self, Shm.self, Demo.self]
+        subcommands: [Pub.self, Sub.self, Stat.self, Shm.self, Torture.self, Demo.self, TortureRole.self]
     )
 
     /// Runs the command; every error is one line on stderr ("shmring: ...") and a non-zero
