@@ -25,7 +25,7 @@ struct Torture: ParsableCommand {
             """)
 
     @Option(help: "How many rounds.") var rounds = 20
-    @Option(help: "The seed of the random choices (a run is replayed with the same seed).") var seed: UInt64?
+    @Option(help: "The seed of the random choices (the same seed makes the same choices).") var seed: UInt64?
     @Option(help: "Messages each producer publishes.") var messages = 20_000
     @Option(
         help: ArgumentHelp(
@@ -53,9 +53,12 @@ struct Torture: ParsableCommand {
         let started = ContinuousClock.now
         for round in 0..<rounds {
             if stopRequested { break }
+            // Each round draws from a generator of its own, seeded from the run's: a kill that
+            // comes or not (timing) changes nothing in later rounds.
             var harness = Round(
                 key: "torture-\(getpid())-\(round)", messages: messages, seed: random.next(), number: round)
-            harness.run(&random, &tally)
+            var roundRandom = SplitMix64(seed: harness.seed)
+            harness.run(&roundRandom, &tally)
         }
         // Every process is gone: Shmem back to its baseline (give the kernel a moment to free).
         var leaked = 0
@@ -378,7 +381,7 @@ struct Round {
             var line = [CChar](repeating: 0, count: 1024)
             while fgets(&line, 1024, maps) != nil {
                 let text = cLine(line)
-                guard text.contains(":\(key)") else { continue }
+                guard text.contains(":\(key) ") || text.contains(":\(key):") else { continue }
                 let fields = text.split(separator: " ", omittingEmptySubsequences: true)
                 guard let range = fields.first, !seen.contains(pid + String(range)) else { continue }
                 seen.insert(pid + String(range))
@@ -393,7 +396,8 @@ struct Round {
                     }
                     var target = [CChar](repeating: 0, count: 512)
                     let count = readlink("/proc/\(pid)/fd/\(name)", &target, 511)
-                    if count > 0, cLine(target).contains(":\(key)") { total += 1 }
+                    let link = cLine(target)
+                    if count > 0, link.contains(":\(key) ") || link.contains(":\(key):") { total += 1 }
                 }
                 closedir(fds)
             }

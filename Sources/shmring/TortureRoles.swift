@@ -174,10 +174,13 @@ struct TortureRole: ParsableCommand {
     func consume() throws {
         let configuration = ConsumerConfiguration(
             start: from == "newest" ? .newest : .oldest, policy: policy == "lossy" ? .lossy : .gating)
-        guard
-            var consumer = try? RingConsumer.attach(waitingFor: key, configuration: configuration, timeout: .seconds(5))
-        else {
-            Self.say("report received=0 gaps=0 unreported=0 corrupted=0 epochs=0 ended=no-producer")
+        var consumer: RingConsumer
+        do {
+            consumer = try RingConsumer.attach(waitingFor: key, configuration: configuration, timeout: .seconds(5))
+        } catch {
+            // No producer within 5 s (a replacement that came after the stream's end), or why not.
+            let ended = error.code == .notFound ? "no-producer" : "\(error.code)"
+            Self.say("report received=0 gaps=0 unreported=0 corrupted=0 epochs=0 ended=\(ended)")
             return
         }
         Self.say("joined")
@@ -238,7 +241,9 @@ struct TortureRole: ParsableCommand {
             }
             consumer = next
             epochs += 1
-            expected = nil
+            // A gating follower reads the new producer from its first message (the new producer
+            // waited for it): a later start would be a gap.
+            expected = policy == "gating" ? 0 : nil
             rounds = 0
         }
         consumer.detach()

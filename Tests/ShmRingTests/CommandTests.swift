@@ -232,11 +232,12 @@ extension MultiProcess {
             #expect(second.wait(timeout: .seconds(60)) == .exited(0), "\(second.standardError)")
         }
 
-        /// The torture suite, about a minute of it: producers and consumers killed in every state,
-        /// round after round, and every check holds (a fresh seed each run; the summary line
-        /// names it, so a failure is replayed with `--seed`). Shmem is shared with the tests that
-        /// run alongside, so its check is left to the run by hand (docs/failure-model.md); the
-        /// exact per-round check (no memfd of a round held anywhere) stays.
+        /// The torture suite, 96 rounds of it (about half a minute with the debug build):
+        /// producers and consumers killed in every state, round after round, and every check
+        /// holds (a fresh seed each run; the summary line names it, so a failure's choices are
+        /// replayed with `--seed`). Shmem is shared with the tests that run alongside, so its
+        /// check is left to the run by hand (docs/failure-model.md); the exact per-round check
+        /// (no memfd of a round held anywhere) stays.
         @Test func tortureHolds() throws {
             let torture = try shmring(["torture", "--rounds", "96", "--shmem-tolerance", "1GiB"])
             let status = torture.wait(timeout: .seconds(600))

@@ -164,8 +164,17 @@ struct GatingScanner {
                 // and chooses again, so it is ignored. A consumer whose join was validated never
                 // has one: its page holds a value that cannot be right.
                 if CShmAtomics_u64_load_acquire(slotWord(index, RingLayout.Slot.joined)) == generation {
+                    // The join may have completed after the cursor above was read: the joiner
+                    // chose again in between (cleared `active`, moved its cursor, set `active`
+                    // again: the re-check above cannot tell). Judge a cursor read after the join
+                    // was seen. Acquire: partner, the joiner's compare-and-swap of `joined`
+                    // (RingJoiner.join), which follows its store of the cursor it validated.
+                    let joinedCursor = CShmAtomics_u64_load_acquire(slotWord(index, RingLayout.Slot.cursor))
+                    guard position &- joinedCursor > UInt64(view.capacity) else {
+                        return .gating(generation: generation, cursor: joinedCursor)
+                    }
                     state.pointee.lastEviction = (
-                        index, position, cursor, state.pointee.visibleEnd, state.pointee.sequence,
+                        index, position, joinedCursor, state.pointee.visibleEnd, state.pointee.sequence,
                         state.pointee.intent
                     )
                     evict(index, generation: generation)
