@@ -27,6 +27,8 @@ enum FaultCommands {
         PeerRuntime.ready("reserved")
         var entry = pollfd(fd: socket.rawValue, events: CShmLinux_POLLRDHUP, revents: 0)
         while Glibc.poll(&entry, 1, -1) <= 0 {}
+        // Acquire: partner, the server's compare-and-swap of `joinRefused` (SlotBoard.decideJoin),
+        // made before it ended this connection.
         let joined = (mapped + Int(CSHMRING_SLOT_JOINED)).assumingMemoryBound(to: UInt64.self)
         PeerRuntime.report("joined_word=\(CShmAtomics_u64_load_acquire(joined))")
         PeerRuntime.ready("ended")

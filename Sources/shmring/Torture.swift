@@ -369,40 +369,38 @@ struct Round {
     /// The sizes of the memfds named after `key` that any process still maps, plus 1 byte for
     /// each descriptor of one still open (a descriptor's size is not in /proc without opening it).
     static func bytesLeft(key: String) -> Int {
-        guard let proc = opendir("/proc") else { return 0 }
-        defer { closedir(proc) }
+        // The round's memfds: "/memfd:shmring-ring:KEY (deleted)", "…-slot:KEY:3 (deleted)".
+        func isRounds(_ text: String) -> Bool { text.contains(":\(key) ") || text.contains(":\(key):") }
         var total = 0
-        var seen = Set<String>()
-        while let entry = readdir(proc) {
-            let pid = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            guard Int(pid) != nil, let maps = fopen("/proc/\(pid)/maps", "r") else { continue }
-            var line = [CChar](repeating: 0, count: 1024)
-            while fgets(&line, 1024, maps) != nil {
-                let text = cLine(line)
-                guard text.contains(":\(key) ") || text.contains(":\(key):") else { continue }
-                let fields = text.split(separator: " ", omittingEmptySubsequences: true)
-                guard let range = fields.first, !seen.contains(pid + String(range)) else { continue }
-                seen.insert(pid + String(range))
-                let bounds = range.split(separator: "-").compactMap { Int($0, radix: 16) }
-                if bounds.count == 2 { total += bounds[1] - bounds[0] }
-            }
-            fclose(maps)
-            if let fds = opendir("/proc/\(pid)/fd") {
-                while let fd = readdir(fds) {
-                    let name = withUnsafeBytes(of: fd.pointee.d_name) {
-                        String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-                    }
-                    var target = [CChar](repeating: 0, count: 512)
-                    let count = readlink("/proc/\(pid)/fd/\(name)", &target, 511)
-                    let link = cLine(target)
-                    if count > 0, link.contains(":\(key) ") || link.contains(":\(key):") { total += 1 }
+        for pid in directoryEntries("/proc") where Int(pid) != nil {
+            if let maps = fopen("/proc/\(pid)/maps", "r") {
+                var line = [CChar](repeating: 0, count: 1024)
+                while fgets(&line, 1024, maps) != nil {
+                    let text = cLine(line)
+                    guard isRounds(text), let range = text.split(separator: " ").first else { continue }
+                    let bounds = range.split(separator: "-").compactMap { Int($0, radix: 16) }
+                    if bounds.count == 2 { total += bounds[1] - bounds[0] }
                 }
-                closedir(fds)
+                fclose(maps)
+            }
+            for fd in directoryEntries("/proc/\(pid)/fd") {
+                var target = [CChar](repeating: 0, count: 512)
+                if readlink("/proc/\(pid)/fd/\(fd)", &target, 511) > 0, isRounds(cLine(target)) { total += 1 }
             }
         }
         return total
+    }
+
+    /// The names in a directory (none when it cannot be read: a process that just ended).
+    static func directoryEntries(_ path: String) -> [String] {
+        guard let directory = opendir(path) else { return [] }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while let entry = readdir(directory) {
+            names.append(
+                withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) })
+        }
+        return names
     }
 }
 

@@ -51,6 +51,7 @@ struct RingJoiner {
                 // swaps in `joinRefused` unless the generation is there (SlotBoard.decideJoin);
                 // exactly one of the two wins. Acq_rel: the release above, and the acquire of the
                 // server's refusal.
+                // Relaxed: only the compare-and-swap's first expected value; the exchange decides.
                 var found = CShmAtomics_u64_load_relaxed(slot.word(RingLayout.Slot.joined))
                 while found != RingLayout.Slot.joinRefused {
                     if CShmAtomics_u64_compare_exchange_acq_rel(

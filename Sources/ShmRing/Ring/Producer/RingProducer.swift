@@ -75,6 +75,8 @@ public final class RingProducer {
     public var maxMessageLength: Int { view.maxMessageLength }
     /// Consumers that went without detaching — they died (or were cut off mid-join) — whose slot
     /// the producer reclaimed when their rendezvous connection hung up (docs/failure-model.md).
+    /// (Relaxed: a statistic, counted on the server's thread in SlotBoard.reclaim; nothing is
+    /// published through it.)
     public var consumersLost: UInt64 { CShmAtomics_u64_load_relaxed(slots.abandoned) }
 
     /// Consumers holding a slot now (joined, or between their handshake and their join); a
