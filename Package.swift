@@ -17,6 +17,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // Layer 0: C. Header-only C11 atomics over raw pointers (Swift cannot import _Atomic).
@@ -49,6 +50,14 @@ let package = Package(
         // filter, CPU pinning, spawning with other descriptors closed).
         .target(name: "CShmTestSupport", cSettings: cSettings + [.define("_GNU_SOURCE")]),
         .target(name: "ShmRingTestSupport", swiftSettings: swiftSettings),
+        // `shmring bench`'s C side: the TSC, the roles' shared page and arguments, and the C
+        // baselines (plain primitives and C rings) that run next to ShmRing; perf/peers builds
+        // against its headers too (docs/benchmarking.md).
+        .target(
+            name: "CShmBench",
+            dependencies: ["CShmAtomics"],
+            cSettings: cSettings + [.define("_GNU_SOURCE")]
+        ),
         // Layer 2: the command-line tool.
         .executableTarget(
             name: "shmring",
@@ -57,7 +66,9 @@ let package = Package(
                 "ShmRingTestSupport",
                 "CShmAtomics",
                 "CShmLinux",
+                "CShmBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: swiftSettings

@@ -12,7 +12,9 @@ struct ShmRingCommand: ParsableCommand {
         commandName: "shmring",
         abstract: "Shared-memory messaging for Linux: publish, subscribe, inspect, benchmark.",
         version: ShmRingVersion.current,
-        subcommands: [Pub.self, Sub.self, Stat.self, Shm.self, Torture.self, Demo.self, TortureRole.self]
+        subcommands: [
+            Pub.self, Sub.self, Stat.self, Shm.self, Bench.self, Torture.self, Demo.self, TortureRole.self, BenchRole.self,
+        ]
     )
 
     /// Runs the command; every error is one line on stderr ("shmring: ...") and a non-zero

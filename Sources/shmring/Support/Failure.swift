@@ -22,9 +22,9 @@ struct CommandFailure: Error, CustomStringConvertible {
     var description: String { message }
 }
 
-/// Writes one line to standard error.
-func printError(_ line: String) {
-    let bytes = Array((line + "\n").utf8)
+/// Writes one line to standard error (or text without a line end, for a progress line).
+func printError(_ line: String, newline: Bool = true) {
+    let bytes = Array((newline ? line + "\n" : line).utf8)
     _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
 }
 

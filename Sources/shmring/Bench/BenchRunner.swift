@@ -1,0 +1,208 @@
+import CShmBench
+import Histogram
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs one case: the shared page and the system's kernel objects are made here, every role is
+/// spawned (this executable's `bench-role`, or a program of perf/peers), pinned, and started at
+/// once; the results are read from the shared page once the roles have exited.
+struct BenchRunner {
+    var duration: Duration
+    var cpus: (Int32, Int32)
+    var ticksPerNanosecond: Double
+    var usesTSC: Bool
+    var stall: Duration = .zero
+    var peersDirectory: String
+    var counter = 0
+
+    var durationNanoseconds: UInt64 {
+        UInt64(duration.components.seconds) * 1_000_000_000 + UInt64(duration.components.attoseconds / 1_000_000_000)
+    }
+
+    /// How many samples a run can take at most.
+    func sampleCapacity(_ item: BenchCase) -> Int {
+        let nanoseconds = Int(durationNanoseconds)
+        switch item.scenario {
+        case .throughput: return 0
+        case .rttSpin: return min(nanoseconds / 50, 40_000_000) + 20_000
+        case .rttBlock: return nanoseconds / 2_000 + 20_000
+        case .fanout: return nanoseconds / 4_000 + 20_000
+        case .latency: return Int(Double(item.rate!) * Double(nanoseconds) / 1e9) + 16
+        }
+    }
+
+    mutating func run(_ item: BenchCase) -> BenchOutcome {
+        counter += 1
+        let capacity = sampleCapacity(item)
+        var mapped: UnsafeMutablePointer<CShmBench_shared>?
+        var bytes = 0
+        let sharedFD = CShmBench_shared_create(UInt64(capacity), &mapped, &bytes)
+        guard sharedFD >= 0, let shared = mapped else {
+            return BenchOutcome(failure: "cannot make the shared page: \(String(cString: strerror(-sharedFD)))")
+        }
+        defer {
+            munmap(shared, bytes)
+            close(sharedFD)
+        }
+
+        var objects = [Int32](repeating: -1, count: Int(CSHMBENCH_MAX_FDS))
+        var objectCount: Int32 = 0
+        if !item.system.isPeer && item.system != .shmring {
+            objectCount = CShmBench_prepare(
+                item.system.rawValue, item.scenario.code, Int32(item.consumers), UInt32(item.size), UInt32(item.batch),
+                &objects, Int32(objects.count))
+            if objectCount < 0 {
+                return BenchOutcome(
+                    failure: "cannot make its kernel objects: \(String(cString: strerror(-objectCount)))")
+            }
+        }
+        let descriptors = [sharedFD] + objects.prefix(Int(objectCount))
+        defer { for fd in objects.prefix(Int(objectCount)) { close(fd) } }
+
+        let roles = item.scenario == .fanout ? 1 + item.consumers : 2
+        let name = "shmring-bench-\(getpid())-\(counter)"
+        var common = [
+            "scenario=\(item.scenario.code)", "consumers=\(item.consumers)", "size=\(item.size)", "batch=\(item.batch)",
+            "duration_ns=\(durationNanoseconds)", "rate=\(item.rate ?? 0)", "ticks_per_ns=\(ticksPerNanosecond)",
+            "use_tsc=\(usesTSC ? 1 : 0)", "shared_fd=3", "name=\(name)",
+        ]
+        if item.scenario == .latency {
+            let stallNanoseconds =
+                stall.components.seconds * 1_000_000_000 + stall.components.attoseconds / 1_000_000_000
+            common.append("stall_ns=\(stallNanoseconds)")
+        }
+        if objectCount > 0 {
+            common.append("fds=" + (0..<Int(objectCount)).map { String(4 + $0) }.joined(separator: ","))
+        }
+        let program = item.system.isPeer ? peersDirectory + "/" + item.system.rawValue : "/proc/self/exe"
+        var pids: [pid_t] = []
+        for role in 0..<roles {
+            // The producer (or pinger) on the first CPU, every consumer (or the echo) on the second.
+            let cpu = role == 0 ? cpus.0 : cpus.1
+            var arguments = item.system.isPeer ? [program] : [program, "bench-role", item.system.rawValue]
+            arguments += common + ["role=\(role)", "cpu=\(cpu)"]
+            var pid: pid_t = 0
+            let rc = Self.spawn(program, arguments, descriptors, &pid)
+            if rc != 0 {
+                Self.stop(pids)
+                return BenchOutcome(failure: "cannot start \(program): \(String(cString: strerror(rc)))")
+            }
+            pids.append(pid)
+        }
+        // Start once every role is ready; a role that exits first has failed.
+        var statuses = [Int32?](repeating: nil, count: roles)
+        let setUpBy = ContinuousClock.now + .seconds(20)
+        while CShmBench_load_acquire(&shared.pointee.ready) < UInt64(roles) {
+            if Self.reap(pids, &statuses) || ContinuousClock.now > setUpBy { break }
+            usleep(200)
+        }
+        guard CShmBench_load_acquire(&shared.pointee.ready) == UInt64(roles) else {
+            Self.stop(pids)
+            _ = Self.reap(pids, &statuses, blocking: true)
+            return BenchOutcome(failure: failure(shared) ?? "its processes were not ready within 20 s")
+        }
+        CShmBench_store_release(&shared.pointee.go, 1)
+        let latencyRun = item.rate.map { Duration.seconds(Double(capacity) / Double($0)) } ?? .zero
+        let endBy = ContinuousClock.now + duration + latencyRun + .seconds(20)
+        while statuses.contains(where: { $0 == nil }) {
+            _ = Self.reap(pids, &statuses)
+            if ContinuousClock.now > endBy {
+                Self.stop(pids)
+                _ = Self.reap(pids, &statuses, blocking: true)
+                return BenchOutcome(failure: failure(shared) ?? "timed out")
+            }
+            if statuses.contains(where: { $0 != nil && $0 != 0 }) {
+                // A role failed: the others may wait for it for ever.
+                usleep(100_000)
+                Self.stop(pids)
+                _ = Self.reap(pids, &statuses, blocking: true)
+                break
+            }
+            usleep(1000)
+        }
+        if let text = failure(shared) { return BenchOutcome(failure: text) }
+        if let bad = statuses.firstIndex(where: { $0 != 0 }) {
+            return BenchOutcome(failure: "role \(bad) exited with status \(statuses[bad] ?? -1)")
+        }
+        return outcome(item, shared, capacity: capacity)
+    }
+
+    func failure(_ shared: UnsafeMutablePointer<CShmBench_shared>) -> String? {
+        guard CShmBench_load_acquire(&shared.pointee.failed) == 1 else { return nil }
+        return withUnsafeBytes(of: shared.pointee.failure) {
+            String(cString: $0.bindMemory(to: CChar.self).baseAddress!)
+        }
+    }
+
+    func outcome(_ item: BenchCase, _ shared: UnsafeMutablePointer<CShmBench_shared>, capacity: Int) -> BenchOutcome {
+        let s = shared.pointee
+        var result = BenchOutcome()
+        if s.errors > 0 { return BenchOutcome(failure: "\(s.errors) messages out of order or with a wrong echo") }
+        let seconds = { (ticks: UInt64) in Double(ticks) / self.ticksPerNanosecond / 1e9 }
+        switch item.scenario {
+        case .throughput:
+            guard s.received == s.sent, s.last_ticks > s.first_ticks else {
+                return BenchOutcome(failure: "sent \(s.sent) messages, \(s.received) arrived")
+            }
+            result.messagesPerSecond = Double(s.received) / seconds(s.last_ticks - s.first_ticks)
+        case .fanout:
+            guard s.received == s.sent * UInt64(item.consumers), s.last_ticks > s.first_ticks else {
+                return BenchOutcome(
+                    failure: "sent \(s.sent) messages to \(item.consumers) consumers, \(s.received) arrived")
+            }
+            result.deliveriesPerSecond = Double(s.received) / seconds(s.last_ticks - s.first_ticks)
+        case .latency:
+            guard s.received == s.sent else {
+                return BenchOutcome(failure: "sent \(s.sent) messages, \(s.received) arrived")
+            }
+            result.messagesPerSecond = Double(item.rate!)
+        case .rttSpin, .rttBlock:
+            if s.hops > 0 { result.sleptShare = min(1, Double(s.switches) / Double(s.hops)) }
+        }
+        let count = Int(min(s.sample_count, UInt64(capacity)))
+        if count > 0 {
+            var histogram = Histogram<UInt64>(
+                highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
+            let samples = CShmBench_samples(shared)!
+            let scale = 1 / ticksPerNanosecond
+            for index in 0..<count {
+                _ = histogram.record(UInt64((Double(samples[index]) * scale).rounded()))
+            }
+            result.latencies = histogram
+        }
+        return result
+    }
+
+    static func spawn(_ program: String, _ arguments: [String], _ descriptors: [Int32], _ pid: inout pid_t) -> Int32 {
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        return descriptors.withUnsafeBufferPointer { fds in
+            CShmBench_spawn(program, argv, fds.baseAddress, Int32(fds.count), &pid)
+        }
+    }
+
+    /// Collects the roles that have exited; true when one has. `blocking`: waits for all.
+    static func reap(_ pids: [pid_t], _ statuses: inout [Int32?], blocking: Bool = false) -> Bool {
+        var exited = false
+        for (index, pid) in pids.enumerated() where statuses[index] == nil {
+            var status: Int32 = 0
+            let rc = waitpid(pid, &status, blocking ? 0 : WNOHANG)
+            if rc == pid {
+                // Exit status, or 128 + the signal that killed it.
+                let signal = status & 0x7f
+                statuses[index] = signal == 0 ? (status >> 8) & 0xff : 128 + signal
+                exited = true
+            } else if rc < 0 && errno != EINTR {
+                statuses[index] = -1
+                exited = true
+            }
+        }
+        return exited
+    }
+
+    static func stop(_ pids: [pid_t]) {
+        for pid in pids { kill(pid, SIGKILL) }
+    }
+}
