@@ -70,12 +70,13 @@ enum BenchReport {
     static func ratioText(_ row: BenchResults.Row) -> String {
         if row.item.system == .shmring { return "1.00" }
         guard let median = BenchFormat.median(row.advantages) else { return "-" }
-        var text = BenchFormat.fixed(median, 2)
-        if row.advantages.count > 1 {
-            text += " (\(BenchFormat.fixed(row.advantages.min()!, 2))-\(BenchFormat.fixed(row.advantages.max()!, 2)))"
-        }
+        var text = ratio(median)
+        if row.advantages.count > 1 { text += " (\(ratio(row.advantages.min()!))-\(ratio(row.advantages.max()!)))" }
         return text
     }
+
+    /// Two decimals below 10, one below 100, none above.
+    static func ratio(_ value: Double) -> String { BenchFormat.fixed(value, value < 10 ? 2 : value < 100 ? 1 : 0) }
 
     // MARK: JSON
 
