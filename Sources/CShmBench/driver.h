@@ -20,7 +20,8 @@
 //               the first message to the stop mark.
 //   rtt-*       the pinger sends one message and waits for its echo: 10 000 rounds (or a fifth of
 //               the duration) of warm-up, then one sample per round trip until the duration ends.
-//               Both sides count their voluntary context switches (the hops that slept).
+//               Both sides count their voluntary context switches (the hops that slept), and
+//               so do the consumers of the other scenarios (how often they slept).
 //   latency     the producer sends at `rate`, each message stamped with its intended send time
 //               (paced by spinning on the clock; late messages go at once, keeping their stamps);
 //               the consumer's sample is its receive time minus that stamp.
@@ -86,9 +87,8 @@ int BENCH_CAT(CShmBench_run_, BENCH_TRANSPORT)(const CShmBench_params *p) {
             count++;
         }
         uint64_t last = CShmBench_ticks(tsc);
-        if (echo) {
-            CShmBench_add(&shared->switches, CShmBench_voluntary_switches() - switches);
-        } else {
+        CShmBench_add(&shared->switches, CShmBench_voluntary_switches() - switches);
+        if (!echo) {
             CShmBench_add(&shared->received, count);
             if (p->scenario == CSHMBENCH_THROUGHPUT) {
                 shared->first_ticks = first;

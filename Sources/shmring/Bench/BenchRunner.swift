@@ -153,11 +153,13 @@ struct BenchRunner {
                     failure: "sent \(s.sent) messages to \(item.consumers) consumers, \(s.received) arrived")
             }
             result.deliveriesPerSecond = Double(s.received) / seconds(s.last_ticks - s.first_ticks)
+            result.sleptShare = min(1, Double(s.switches) / Double(max(1, s.received + s.acks)))
         case .latency:
             guard s.received == s.sent else {
                 return BenchOutcome(failure: "sent \(s.sent) messages, \(s.received) arrived")
             }
             result.messagesPerSecond = Double(item.rate!)
+            result.sleptShare = min(1, Double(s.switches) / Double(max(1, s.received)))
         case .rttSpin, .rttBlock:
             if s.hops > 0 { result.sleptShare = min(1, Double(s.switches) / Double(s.hops)) }
         }

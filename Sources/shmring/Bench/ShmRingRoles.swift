@@ -102,14 +102,24 @@ struct ShmRingRoles {
                 fail("shmring: poll: \(error)")
             }
             if got == 1 { return }
-            idle(consumer)
+            var rounds = 0
+            idle(consumer, &rounds)
         }
     }
 
-    func idle(_ consumer: RingConsumer) {
+    /// The documented sleeping consumer: spin for about one wake-up's cost, then block.
+    static let block = IdleStrategy.block(timeout: .seconds(10))
+
+    /// What a consumer does when a poll found nothing: spin (throughput, rtt-spin); sleep at once
+    /// in `wait` (rtt-block: every hop that can sleep does, as with the kernel's primitives);
+    /// `idle(using: .block())` (fanout, latency: what a user's sleeping consumer does).
+    func idle(_ consumer: RingConsumer, _ rounds: inout Int) {
         guard sleeps else { return CShmAtomics_pause() }
         do {
-            if try consumer.wait(timeout: .seconds(10)) == .producerGone { fail("shmring: the producer went away") }
+            let result =
+                p.scenario == Int32(CSHMBENCH_RTT_BLOCK)
+                ? try consumer.wait(timeout: .seconds(10)) : try consumer.idle(using: Self.block, rounds: &rounds)
+            if result == .producerGone { fail("shmring: the producer went away") }
         } catch {
             fail("shmring: wait: \(error)")
         }
@@ -140,6 +150,8 @@ struct ShmRingRoles {
             (p.role == 0 && p.scenario != Int32(CSHMBENCH_THROUGHPUT) && p.scenario != Int32(CSHMBENCH_LATENCY))
             || (p.role == 1 && p.scenario == Int32(CSHMBENCH_LATENCY))
         if sampling { CShmBench_prefault(shared) }
+        // The block strategy's spin budget is calibrated at its first use: here, not in a run.
+        if sleeps { _ = IdleStrategy.calibratedSpins }
         withUnsafePointer(to: p) { CShmBench_ready($0) }
         if p.role != 0 {
             if rtt { echo(consumer!, producer!) } else { consume(consumer!) }
@@ -182,6 +194,8 @@ struct ShmRingRoles {
         var errors: UInt64 = 0
         var first: UInt64 = 0
         var stopped = false
+        var rounds = 0
+        let switches = CShmBench_voluntary_switches()
         while !stopped {
             let got: Int
             do {
@@ -208,9 +222,10 @@ struct ShmRingRoles {
             } catch {
                 fail("shmring: poll: \(error)")
             }
-            if got == 0 { idle(consumer) }
+            if got == 0 { idle(consumer, &rounds) } else { rounds = 0 }
         }
         let last = ticks()
+        CShmBench_add(&shared.pointee.switches, CShmBench_voluntary_switches() - switches)
         CShmBench_add(&shared.pointee.received, UInt64(count))
         if p.scenario == Int32(CSHMBENCH_THROUGHPUT) {
             shared.pointee.first_ticks = first
