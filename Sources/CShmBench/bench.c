@@ -2,10 +2,12 @@
 // clock's calibration, the placement probe and spawning a role with its descriptors.
 #include "CShmBench.h"
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <spawn.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 
 int CShmBench_run_line_floor(const CShmBench_params *p);
 int CShmBench_run_plain_ring(const CShmBench_params *p);
@@ -48,6 +50,13 @@ int CShmBench_prepare(const char *system, int scenario, int consumers, uint32_t 
     int count = 0;
 #define BENCH_NEED(n) \
     if (count + (n) > capacity) return -EINVAL
+    // On an error, what was made so far is closed.
+#define BENCH_FAIL(error)                                          \
+    do {                                                           \
+        int saved = (error);                                       \
+        for (int made = 0; made < count; made++) close(fds[made]); \
+        return -saved;                                             \
+    } while (0)
     if (strcmp(system, "line-floor") == 0 || strcmp(system, "plain-ring") == 0 || strcmp(system, "c-twin") == 0
         || strcmp(system, "futex") == 0) {
         BENCH_NEED(1);
@@ -73,7 +82,7 @@ int CShmBench_prepare(const char *system, int scenario, int consumers, uint32_t 
         int pipes = rtt ? 2 : scenario == CSHMBENCH_FANOUT ? consumers : 1;
         BENCH_NEED(2 * pipes);
         for (int index = 0; index < pipes; index++) {
-            if (pipe2(&fds[count], O_CLOEXEC) != 0) return -errno;
+            if (pipe2(&fds[count], O_CLOEXEC) != 0) BENCH_FAIL(errno);
             count += 2;
         }
     } else if (strcmp(system, "unix-socket") == 0) {
@@ -84,11 +93,12 @@ int CShmBench_prepare(const char *system, int scenario, int consumers, uint32_t 
         BENCH_NEED(2);
         for (int index = 0; index < 2; index++) {
             int fd = eventfd(0, EFD_CLOEXEC);
-            if (fd < 0) return -errno;
+            if (fd < 0) BENCH_FAIL(errno);
             fds[count++] = fd;
         }
     }
 #undef BENCH_NEED
+#undef BENCH_FAIL
     return count;
 }
 
@@ -97,7 +107,9 @@ int CShmBench_shared_create(uint64_t sample_capacity, CShmBench_shared **shared,
     int fd = memfd_create("shmring-bench", MFD_CLOEXEC);
     if (fd < 0) return -errno;
     void *memory = MAP_FAILED;
-    if (ftruncate(fd, (off_t)*bytes) == 0) memory = mmap(NULL, *bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    // Allocated now: too large a run is an error here, not the OOM killer in a role.
+    if (ftruncate(fd, (off_t)*bytes) == 0 && fallocate(fd, 0, 0, (off_t)*bytes) == 0)
+        memory = mmap(NULL, *bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (memory == MAP_FAILED) {
         int error = errno;
         close(fd);
@@ -108,15 +120,21 @@ int CShmBench_shared_create(uint64_t sample_capacity, CShmBench_shared **shared,
     return fd;
 }
 
+static uint64_t bench_raw_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC_RAW, &now);
+    return (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+}
+
 double CShmBench_calibrate(uint64_t window_ns) {
     // Each end is the TSC read between two clock reads, taken from the tightest of 5 tries.
     uint64_t tsc[2] = {0, 0}, ns[2] = {0, 0};
     for (int end = 0; end < 2; end++) {
         uint64_t best = UINT64_MAX;
         for (int attempt = 0; attempt < 5; attempt++) {
-            uint64_t before = CShmBench_monotonic_ns();
+            uint64_t before = bench_raw_ns();
             uint64_t ticks = CShmBench_rdtsc();
-            uint64_t after = CShmBench_monotonic_ns();
+            uint64_t after = bench_raw_ns();
             if (after - before < best) {
                 best = after - before;
                 tsc[end] = ticks;
@@ -124,8 +142,8 @@ double CShmBench_calibrate(uint64_t window_ns) {
             }
         }
         if (end == 0) {
-            uint64_t until = CShmBench_monotonic_ns() + window_ns;
-            while (CShmBench_monotonic_ns() < until) CShmBench_pause();
+            uint64_t until = bench_raw_ns() + window_ns;
+            while (bench_raw_ns() < until) CShmBench_pause();
         }
     }
     return ns[1] > ns[0] ? (double)(tsc[1] - tsc[0]) / (double)(ns[1] - ns[0]) : 0;
@@ -194,10 +212,33 @@ int CShmBench_spawn(const char *path, char *const argv[], const int *fds, int co
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     // Moved out of the way first, so that no target number overwrites a source still needed.
-    for (int index = 0; index < count; index++) posix_spawn_file_actions_adddup2(&actions, fds[index], 100 + index);
-    for (int index = 0; index < count; index++) posix_spawn_file_actions_adddup2(&actions, 100 + index, 3 + index);
+    // Scratch numbers above every source and every target.
+    int scratch = 3 + count;
+    for (int index = 0; index < count; index++)
+        if (fds[index] >= scratch) scratch = fds[index] + 1;
+    for (int index = 0; index < count; index++) posix_spawn_file_actions_adddup2(&actions, fds[index], scratch + index);
+    for (int index = 0; index < count; index++) posix_spawn_file_actions_adddup2(&actions, scratch + index, 3 + index);
     posix_spawn_file_actions_addclosefrom_np(&actions, 3 + count);
     int rc = posix_spawn(pid, path, &actions, NULL, argv, environ);
     posix_spawn_file_actions_destroy(&actions);
     return rc;
+}
+
+int CShmBench_cpu_allowed(int cpu) {
+    uint64_t mask[16] = {0};
+    if (cpu < 0 || cpu >= 1024 || syscall(SYS_sched_getaffinity, 0, sizeof(mask), mask) < 0) return 0;
+    return (mask[cpu / 64] >> (cpu % 64)) & 1;
+}
+
+int CShmBench_pidfd(pid_t pid) {
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    return fd < 0 ? -errno : fd;
+}
+
+int CShmBench_wait_exits(const int *pidfds, int count, int timeout_ms) {
+    struct pollfd entries[CSHMBENCH_MAX_CONSUMERS + 1];
+    if (count > CSHMBENCH_MAX_CONSUMERS + 1) return -EINVAL;
+    for (int index = 0; index < count; index++) entries[index] = (struct pollfd){.fd = pidfds[index], .events = POLLIN};
+    int ready = poll(entries, (nfds_t)count, timeout_ms);
+    return ready < 0 ? -errno : ready;
 }

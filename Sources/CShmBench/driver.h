@@ -65,7 +65,7 @@ int BENCH_CAT(CShmBench_run_, BENCH_TRANSPORT)(const CShmBench_params *p) {
         // A consumer (throughput, latency, fanout) or the echoing side of a round trip.
         int echo = p->scenario == CSHMBENCH_RTT_SPIN || p->scenario == CSHMBENCH_RTT_BLOCK;
         uint64_t switches = CShmBench_voluntary_switches();
-        uint64_t expected = 1, count = 0, errors = 0, first = 0;
+        uint64_t expected = 1, count = 0, errors = 0, first = 0, last_received = 0;
         for (;;) {
             BENCH_F(_recv)(&context, message, p->size);
             uint64_t word = bench_word(message, 0);
@@ -81,18 +81,26 @@ int BENCH_CAT(CShmBench_run_, BENCH_TRANSPORT)(const CShmBench_params *p) {
             }
             if (word != expected) errors++;
             expected = word + 1;
-            if (count == 0) first = CShmBench_ticks(tsc);
-            if (p->scenario == CSHMBENCH_LATENCY && count < capacity)
-                samples[count] = CShmBench_ticks(tsc) - bench_word(message, 1);
+            if (p->scenario == CSHMBENCH_LATENCY) {
+                // From the intended send time (0 if the TSCs of the two CPUs disagree).
+                uint64_t now = CShmBench_ticks(tsc), intended = bench_word(message, 1);
+                if (count == 0) first = intended;
+                if (count < capacity) samples[count] = now > intended ? now - intended : 0;
+                last_received = now;
+            } else if (count == 0) {
+                first = CShmBench_ticks(tsc);
+            }
             count++;
         }
         uint64_t last = CShmBench_ticks(tsc);
         CShmBench_add(&shared->switches, CShmBench_voluntary_switches() - switches);
         if (!echo) {
             CShmBench_add(&shared->received, count);
-            if (p->scenario == CSHMBENCH_THROUGHPUT) {
+            // throughput: from the first message to the stop mark; latency: from the first
+            // intended send time to the last receipt (the rate achieved).
+            if (p->scenario == CSHMBENCH_THROUGHPUT || p->scenario == CSHMBENCH_LATENCY) {
                 shared->first_ticks = first;
-                shared->last_ticks = last;
+                shared->last_ticks = p->scenario == CSHMBENCH_LATENCY ? last_received : last;
             }
             if (p->scenario == CSHMBENCH_LATENCY) shared->sample_count = count < capacity ? count : capacity;
         }
@@ -144,7 +152,9 @@ int BENCH_CAT(CShmBench_run_, BENCH_TRANSPORT)(const CShmBench_params *p) {
     case CSHMBENCH_LATENCY: {
         uint64_t count = (uint64_t)((double)p->rate * (double)p->duration_ns / 1e9);
         double interval = p->ticks_per_ns * 1e9 / (double)p->rate;
-        uint64_t first = CShmBench_ticks(tsc) + bench_deadline(p, 0, 1000);
+        // 1 ms after the start: every role is surely running (they leave their start wait
+        // within about 100 µs of each other).
+        uint64_t first = CShmBench_ticks(tsc) + bench_deadline(p, 0, 1000000);
         for (uint64_t index = 0; index < count; index++) {
             uint64_t intended = first + (uint64_t)((double)index * interval);
             while (CShmBench_ticks(tsc) < intended) CShmBench_pause();

@@ -18,7 +18,7 @@ static int line_floor_open(line_floor_ctx *context, const CShmBench_params *p) {
 }
 
 static inline void line_floor_send(line_floor_ctx *context, const uint8_t *message, uint32_t size) {
-    memcpy(context->transmit + 8, message + 8, size - 8);
+    CShmBench_copy(context->transmit + 8, message + 8, size - 8);
     uint64_t word;
     memcpy(&word, message, 8);
     // Release: the payload above is visible before the word; pairs with the acquire in recv.
@@ -32,7 +32,7 @@ static inline void line_floor_recv(line_floor_ctx *context, uint8_t *message, ui
     // Acquire: pairs with the release in send; a new word means a new message (sequences grow).
     while ((word = __atomic_load_n((uint64_t *)context->receive, __ATOMIC_ACQUIRE)) == context->last) CShmBench_pause();
     context->last = word;
-    memcpy(message + 8, context->receive + 8, size - 8);
+    CShmBench_copy(message + 8, context->receive + 8, size - 8);
     memcpy(message, &word, 8);
 }
 

@@ -2,8 +2,9 @@
 // commit protocol, the same producer bookkeeping per message (tail intent, the commit word stored
 // with release, the boundary index, the tail seqlock and counters every 64 records or a sixteenth
 // of the ring and at the end of a batch) and the same gating (a rescan at the low watermark with
-// the seq_cst handshake), with one gating consumer that publishes its cursor when it has drained the
-// ring (or read a quarter of it) and copies each message out. 1 MiB, alignment 16: what ShmRing costs over its own protocol, and
+// the seq_cst handshake), with one gating consumer that copies each message out and publishes its
+// cursor as ShmRing's poll does: once per poll, that is after every message in round trips (one
+// message a poll) and when it has drained the ring (or read a quarter of it) otherwise. 1 MiB, alignment 16: what ShmRing costs over its own protocol, and
 // what its protocol costs over the plain ring. Round trips use one ring per direction.
 #include "CShmBench.h"
 #include "CShmRingLayout.h"
@@ -23,6 +24,7 @@ typedef struct {
     int batched;
     // consumer
     uint64_t c_position, c_sequence, c_published;
+    int publish_each;  // round trips: the cursor after every message, as ShmRing's poll(limit: 1)
 } twin_ring;
 
 typedef struct {
@@ -192,7 +194,7 @@ static inline int twin_poll(twin_ring *r, uint8_t *message, uint32_t size) {
         CShmBench_copy(message, base + CSHMRING_RECORD_HEADER, length < size ? length : size);
         r->c_position += record;
         r->c_sequence = (r->c_sequence + 1) & CSHMRING_SEQUENCE_MASK;
-        if (r->c_position - r->c_published >= TWIN_CAPACITY / 4) {
+        if (r->publish_each || r->c_position - r->c_published >= TWIN_CAPACITY / 4) {
             r->c_published = r->c_position;
             __atomic_store_n(&r->slot->cursor, r->c_position, __ATOMIC_RELEASE);  // as above
         }
@@ -209,6 +211,7 @@ static int twin_open(twin_ctx *context, const CShmBench_params *p) {
     twin_ring_open(&context->transmit, rings[p->role == 0 || !rtt ? 0 : 1]);
     twin_ring_open(&context->receive, rings[p->role == 0 && rtt ? 1 : 0]);
     context->transmit.batched = p->batch > 1;
+    context->receive.publish_each = rtt;
     return 0;
 }
 

@@ -15,9 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,8 +44,9 @@ enum {
 #define CSHMBENCH_PROBE (1ull << 61)
 #define CSHMBENCH_MIN_SIZE 16
 #define CSHMBENCH_MAX_SIZE 4096
-#define CSHMBENCH_MAX_FDS 16
 #define CSHMBENCH_MAX_CONSUMERS 16
+#define CSHMBENCH_MAX_FDS 36  // fanout: a pipe per consumer (2 * CSHMBENCH_MAX_CONSUMERS), and a few
+typedef char CShmBench_enough_descriptors[CSHMBENCH_MAX_FDS >= 2 * CSHMBENCH_MAX_CONSUMERS + 2 ? 1 : -1];
 
 /// Where the samples start in the shared results memfd.
 #define CSHMBENCH_SAMPLES_OFFSET 4096
@@ -128,6 +131,8 @@ CSHMBENCH_INLINE void CShmBench_pause(void) {
 CSHMBENCH_INLINE void CShmBench_copy(void *to, const void *from, uint32_t size) {
     if (size == 64) {
         memcpy(to, from, 64);
+    } else if (size == 56) {  // the default message after its first word (line-floor)
+        memcpy(to, from, 56);
     } else {
         memcpy(to, from, size);
     }
@@ -179,10 +184,15 @@ CSHMBENCH_INLINE int CShmBench_pin(int cpu) {
     return syscall(SYS_sched_setaffinity, 0, sizeof(mask), mask) == 0 ? 0 : -errno;
 }
 
-/// Voluntary context switches of this process so far: how often it slept in the kernel.
+#ifndef RUSAGE_THREAD
+#define RUSAGE_THREAD 1  // Linux's, declared only with _GNU_SOURCE
+#endif
+
+/// Voluntary context switches of the calling thread so far: how often it slept in the kernel
+/// (the thread's, not the process's: ShmRing's producer has a rendezvous thread).
 CSHMBENCH_INLINE uint64_t CShmBench_voluntary_switches(void) {
     struct rusage usage;
-    getrusage(RUSAGE_SELF, &usage);
+    getrusage(RUSAGE_THREAD, &usage);
     return (uint64_t)usage.ru_nvcsw;
 }
 
@@ -239,12 +249,19 @@ static inline int CShmBench_parse(int argc, char **argv, CShmBench_params *p) {
     return 0;
 }
 
-/// Pins the role, says it is ready and waits for the start.
+/// Pins the role, says it is ready and waits for the start (60 s at most). A role dies with the
+/// bench that started it (SIGKILL when its parent goes), so that none is left spinning or blocked.
 static inline void CShmBench_ready(const CShmBench_params *p) {
+    pid_t parent = getppid();
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (getppid() != parent) _exit(1);  // the bench went before the signal was armed
     int rc = CShmBench_pin(p->cpu);
     if (rc != 0) CShmBench_fail(p->shared, "cannot pin to CPU %d: %s", p->cpu, strerror(-rc));
     CShmBench_add(&p->shared->ready, 1);
-    while (CShmBench_load_acquire(&p->shared->go) == 0) usleep(50);
+    for (int waited = 0; CShmBench_load_acquire(&p->shared->go) == 0; waited++) {
+        if (waited == 1200000) CShmBench_fail(p->shared, "no start within 60 s");
+        usleep(50);
+    }
 }
 
 // The command's side (bench.c).
@@ -263,12 +280,23 @@ int CShmBench_prepare(const char *system, int scenario, int consumers, uint32_t 
 /// samples, mapped at `*shared` (`*bytes` long). Returns the descriptor, or -errno.
 int CShmBench_shared_create(uint64_t sample_capacity, CShmBench_shared **shared, size_t *bytes);
 
-/// TSC ticks per nanosecond, measured against CLOCK_MONOTONIC over about `window_ns`.
+/// TSC ticks per nanosecond, measured against CLOCK_MONOTONIC_RAW (which NTP does not slew)
+/// over about `window_ns`.
 double CShmBench_calibrate(uint64_t window_ns);
 
 /// The median round trip, in ns, of one cache line between two threads pinned to `cpu_a` and
 /// `cpu_b` (`rounds` round trips): tells the vCPUs' placement. 0 when pinning fails.
 uint64_t CShmBench_probe_placement(int cpu_a, int cpu_b, int rounds);
+
+/// Whether this process may run on `cpu` (its affinity mask).
+int CShmBench_cpu_allowed(int cpu);
+
+/// A pidfd for `pid` (readable once it has exited), or -errno.
+int CShmBench_pidfd(pid_t pid);
+
+/// Waits until one of `count` pidfds is readable (a role exited) or `timeout_ms` passes; returns
+/// how many are readable (0: the timeout), or -errno.
+int CShmBench_wait_exits(const int *pidfds, int count, int timeout_ms);
 
 /// Spawns `path` with `argv`, giving it `fds[i]` as descriptor 3 + i and no other descriptor
 /// beyond 2. Returns 0 with the child's pid, or an errno.

@@ -92,5 +92,7 @@ struct BenchOutcome {
     var deliveriesPerSecond: Double?
     var latencies: Histogram<UInt64>?
     var sleptShare: Double?
+    /// The run filled its sample space before its duration ended.
+    var capped = false
     var failure: String?
 }

@@ -39,6 +39,7 @@ enum BenchReport {
             if let histogram = row.latencies {
                 notes.append("\(BenchFormat.count(Double(histogram.totalCount))) samples")
             }
+            if row.capped > 0 { notes.append("sample space full before the end in \(row.capped) round(s)") }
             if let failure = row.failure { notes.append("\(results.rounds - row.succeeded) failed: \(failure)") }
             cells.append(notes.joined(separator: "; "))
             lines.append(cells)

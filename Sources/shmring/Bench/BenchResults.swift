@@ -26,6 +26,8 @@ struct BenchResults {
         /// How many times better ShmRing did than this row, one per round where both ran.
         var advantages: [Double] = []
         var succeeded = 0
+        /// Rounds that filled their sample space before their duration ended.
+        var capped = 0
     }
 
     /// ShmRing's advantage over `other` in one round: a throughput ratio, or the ratio of the
@@ -39,10 +41,12 @@ struct BenchResults {
             guard let a = shmring.deliveriesPerSecond, let b = other.deliveriesPerSecond, b > 0 else { return nil }
             return a / b
         default:
-            guard let a = shmring.latencies?.valueAtPercentile(50), let b = other.latencies?.valueAtPercentile(50),
-                a > 0
+            // Only medians that the table shows (200 samples or more on each side).
+            guard let a = shmring.latencies, let b = other.latencies,
+                BenchFormat.shown(50, of: a.totalCount) && BenchFormat.shown(50, of: b.totalCount),
+                a.valueAtPercentile(50) > 0
             else { return nil }
-            return Double(b) / Double(a)
+            return Double(b.valueAtPercentile(50)) / Double(a.valueAtPercentile(50))
         }
     }
 
@@ -61,6 +65,7 @@ struct BenchResults {
                     continue
                 }
                 row.succeeded += 1
+                if run.capped { row.capped += 1 }
                 if let histogram = run.latencies {
                     if row.latencies == nil { row.latencies = histogram } else { row.latencies!.add(histogram) }
                 }
@@ -153,7 +158,10 @@ enum BenchFormat {
         ("p9999", "p99.99", 99.99),
     ]
 
+    /// Whether at least 100 of `count` samples lie beyond `percentile`, in whole numbers (the
+    /// share beyond p99.9 is 1/1000: 100 000 samples are enough).
     static func shown(_ percentile: Double, of count: UInt64) -> Bool {
-        Double(count) * (100 - percentile) / 100 >= 100
+        let denominator = UInt64((100 / (100 - percentile)).rounded())
+        return count >= 100 * denominator
     }
 }

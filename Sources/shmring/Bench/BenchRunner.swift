@@ -77,54 +77,41 @@ struct BenchRunner {
             common.append("fds=" + (0..<Int(objectCount)).map { String(4 + $0) }.joined(separator: ","))
         }
         let program = item.system.isPeer ? peersDirectory + "/" + item.system.rawValue : "/proc/self/exe"
-        var pids: [pid_t] = []
+        var processes = BenchProcesses()
+        defer { processes.end() }
         for role in 0..<roles {
             // The producer (or pinger) on the first CPU, every consumer (or the echo) on the second.
             let cpu = role == 0 ? cpus.0 : cpus.1
             var arguments = item.system.isPeer ? [program] : [program, "bench-role", item.system.rawValue]
             arguments += common + ["role=\(role)", "cpu=\(cpu)"]
-            var pid: pid_t = 0
-            let rc = Self.spawn(program, arguments, descriptors, &pid)
-            if rc != 0 {
-                Self.stop(pids)
-                return BenchOutcome(failure: "cannot start \(program): \(String(cString: strerror(rc)))")
+            if let error = processes.spawn(program, arguments, descriptors) {
+                return BenchOutcome(failure: "cannot start \(program): \(error)")
             }
-            pids.append(pid)
         }
         // Start once every role is ready; a role that exits first has failed.
-        var statuses = [Int32?](repeating: nil, count: roles)
         let setUpBy = ContinuousClock.now + .seconds(20)
         while CShmBench_load_acquire(&shared.pointee.ready) < UInt64(roles) {
-            if Self.reap(pids, &statuses) || ContinuousClock.now > setUpBy { break }
+            if processes.reap() || ContinuousClock.now > setUpBy { break }
             usleep(200)
         }
         guard CShmBench_load_acquire(&shared.pointee.ready) == UInt64(roles) else {
-            Self.stop(pids)
-            _ = Self.reap(pids, &statuses, blocking: true)
             return BenchOutcome(failure: failure(shared) ?? "its processes were not ready within 20 s")
         }
         CShmBench_store_release(&shared.pointee.go, 1)
+        // Asleep until a role exits (pidfds): nothing of the bench's own wakes the measured CPUs.
         let latencyRun = item.rate.map { Duration.seconds(Double(capacity) / Double($0)) } ?? .zero
         let endBy = ContinuousClock.now + duration + latencyRun + .seconds(20)
-        while statuses.contains(where: { $0 == nil }) {
-            _ = Self.reap(pids, &statuses)
-            if ContinuousClock.now > endBy {
-                Self.stop(pids)
-                _ = Self.reap(pids, &statuses, blocking: true)
-                return BenchOutcome(failure: failure(shared) ?? "timed out")
-            }
-            if statuses.contains(where: { $0 != nil && $0 != 0 }) {
-                // A role failed: the others may wait for it for ever.
-                usleep(100_000)
-                Self.stop(pids)
-                _ = Self.reap(pids, &statuses, blocking: true)
-                break
-            }
-            usleep(1000)
+        while processes.running {
+            let left = endBy - ContinuousClock.now
+            if left <= .zero { return BenchOutcome(failure: failure(shared) ?? "timed out") }
+            processes.waitForAnExit(at: left)
+            _ = processes.reap()
+            // A role that failed: the others may wait for it for ever.
+            if processes.failed { break }
         }
         if let text = failure(shared) { return BenchOutcome(failure: text) }
-        if let bad = statuses.firstIndex(where: { $0 != 0 }) {
-            return BenchOutcome(failure: "role \(bad) exited with status \(statuses[bad] ?? -1)")
+        if let (role, status) = processes.firstFailure {
+            return BenchOutcome(failure: "role \(role) exited with status \(status)")
         }
         return outcome(item, shared, capacity: capacity)
     }
@@ -158,12 +145,17 @@ struct BenchRunner {
             guard s.received == s.sent else {
                 return BenchOutcome(failure: "sent \(s.sent) messages, \(s.received) arrived")
             }
-            result.messagesPerSecond = Double(item.rate!)
+            // The rate achieved: from the first intended send time to the last receipt.
+            if s.received > 1, s.last_ticks > s.first_ticks {
+                result.messagesPerSecond = Double(s.received - 1) / seconds(s.last_ticks - s.first_ticks)
+            }
             result.sleptShare = min(1, Double(s.switches) / Double(max(1, s.received)))
         case .rttSpin, .rttBlock:
             if s.hops > 0 { result.sleptShare = min(1, Double(s.switches) / Double(s.hops)) }
         }
         let count = Int(min(s.sample_count, UInt64(capacity)))
+        // rtt-* and fanout stop sampling at the capacity, before their duration ends.
+        result.capped = count == capacity && item.scenario != .latency
         if count > 0 {
             var histogram = Histogram<UInt64>(
                 highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
@@ -184,9 +176,44 @@ struct BenchRunner {
             CShmBench_spawn(program, argv, fds.baseAddress, Int32(fds.count), &pid)
         }
     }
+}
+
+/// The roles of one run: spawned with a pidfd each, reaped as they exit; whatever is still
+/// running at the end is killed and reaped (only those: a reaped pid may be someone else's).
+struct BenchProcesses {
+    var pids: [pid_t] = []
+    var pidfds: [Int32] = []
+    var statuses: [Int32?] = []
+
+    /// Starts one; nil, or why it could not.
+    mutating func spawn(_ program: String, _ arguments: [String], _ descriptors: [Int32]) -> String? {
+        var pid: pid_t = 0
+        let rc = BenchRunner.spawn(program, arguments, descriptors, &pid)
+        guard rc == 0 else { return String(cString: strerror(rc)) }
+        pids.append(pid)
+        pidfds.append(CShmBench_pidfd(pid))
+        statuses.append(nil)
+        return nil
+    }
+
+    var running: Bool { statuses.contains { $0 == nil } }
+    var failed: Bool { statuses.contains { $0 != nil && $0 != 0 } }
+    var firstFailure: (Int, Int32)? { statuses.firstIndex { $0 != 0 }.map { ($0, statuses[$0] ?? -1) } }
+
+    /// Sleeps until a running role exits or `timeout` passes (at most a minute).
+    func waitForAnExit(at timeout: Duration) {
+        let running = pids.indices.filter { statuses[$0] == nil }
+        let open = running.map { pidfds[$0] }.filter { $0 >= 0 }
+        guard open.count == running.count else {
+            usleep(1000)  // no pidfd: look every millisecond
+            return
+        }
+        let milliseconds = Int32(min(timeout.components.seconds * 1000 + 1, 60_000))
+        _ = open.withUnsafeBufferPointer { CShmBench_wait_exits($0.baseAddress, Int32($0.count), milliseconds) }
+    }
 
     /// Collects the roles that have exited; true when one has. `blocking`: waits for all.
-    static func reap(_ pids: [pid_t], _ statuses: inout [Int32?], blocking: Bool = false) -> Bool {
+    mutating func reap(blocking: Bool = false) -> Bool {
         var exited = false
         for (index, pid) in pids.enumerated() where statuses[index] == nil {
             var status: Int32 = 0
@@ -204,7 +231,14 @@ struct BenchRunner {
         return exited
     }
 
-    static func stop(_ pids: [pid_t]) {
-        for pid in pids { kill(pid, SIGKILL) }
+    /// Kills what still runs (after a failure, with 100 ms of grace for the others to finish on
+    /// their own), reaps everything and closes the pidfds.
+    mutating func end() {
+        if running && failed { usleep(100_000) }
+        _ = reap()
+        for index in pids.indices where statuses[index] == nil { kill(pids[index], SIGKILL) }
+        _ = reap(blocking: true)
+        for fd in pidfds where fd >= 0 { close(fd) }
+        pidfds = []
     }
 }

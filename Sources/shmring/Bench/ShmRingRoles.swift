@@ -111,14 +111,15 @@ struct ShmRingRoles {
     static let block = IdleStrategy.block(timeout: .seconds(10))
 
     /// What a consumer does when a poll found nothing: spin (throughput, rtt-spin); sleep at once
-    /// in `wait` (rtt-block: every hop that can sleep does, as with the kernel's primitives);
-    /// `idle(using: .block())` (fanout, latency: what a user's sleeping consumer does).
+    /// in `wait` (rtt-block and fanout: consumers that really sleep, as the kernel's primitives'
+    /// do; in fanout they also share one CPU, where spinning would only delay the others);
+    /// `idle(using: .block())` in latency (what a user's sleeping consumer does by default).
     func idle(_ consumer: RingConsumer, _ rounds: inout Int) {
         guard sleeps else { return CShmAtomics_pause() }
         do {
             let result =
-                p.scenario == Int32(CSHMBENCH_RTT_BLOCK)
-                ? try consumer.wait(timeout: .seconds(10)) : try consumer.idle(using: Self.block, rounds: &rounds)
+                p.scenario == Int32(CSHMBENCH_LATENCY)
+                ? try consumer.idle(using: Self.block, rounds: &rounds) : try consumer.wait(timeout: .seconds(10))
             if result == .producerGone { fail("shmring: the producer went away") }
         } catch {
             fail("shmring: wait: \(error)")
@@ -181,18 +182,22 @@ struct ShmRingRoles {
         CShmBench_add(&shared.pointee.switches, CShmBench_voluntary_switches() - switches)
     }
 
-    /// A consumer of throughput, latency or fanout: reads in place, checks the order, acknowledges
-    /// probes, and (latency) samples each message's delay from its intended send time.
+    /// A consumer of throughput, latency or fanout: copies each message out (as the C consumers
+    /// do), checks the order, acknowledges probes, and (latency) samples each message's delay
+    /// from its intended send time.
     func consume(_ consumer: RingConsumer) {
         let latency = p.scenario == Int32(CSHMBENCH_LATENCY)
         let tsc = self.tsc
         let samples = self.samples
         let capacity = self.capacity
         let shared = self.shared
+        let message = self.message
+        let size = self.size
         var expected: UInt64 = 1
         var count = 0
         var errors: UInt64 = 0
         var first: UInt64 = 0
+        var lastReceived: UInt64 = 0
         var stopped = false
         var rounds = 0
         let switches = CShmBench_voluntary_switches()
@@ -200,7 +205,8 @@ struct ShmRingRoles {
             let got: Int
             do {
                 got = try consumer.poll { bytes, _ in
-                    let word = bytes.unsafeLoadUnaligned(as: UInt64.self)
+                    bytes.withUnsafeBytes { message.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[0..<size])) }
+                    let word = message.loadUnaligned(as: UInt64.self)
                     if word == Self.stop {
                         stopped = true
                         return .stop
@@ -211,10 +217,15 @@ struct ShmRingRoles {
                     }
                     if word != expected { errors += 1 }
                     expected = word &+ 1
-                    if count == 0 { first = CShmBench_ticks(tsc) }
-                    if latency && count < capacity {
-                        samples[count] =
-                            CShmBench_ticks(tsc) &- bytes.unsafeLoadUnaligned(fromByteOffset: 8, as: UInt64.self)
+                    if latency {
+                        // From the intended send time (0 if the TSCs of the two CPUs disagree).
+                        let now = CShmBench_ticks(tsc)
+                        let intended = message.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+                        if count == 0 { first = intended }
+                        if count < capacity { samples[count] = now > intended ? now - intended : 0 }
+                        lastReceived = now
+                    } else if count == 0 {
+                        first = CShmBench_ticks(tsc)
                     }
                     count += 1
                     return .continue
@@ -227,9 +238,11 @@ struct ShmRingRoles {
         let last = ticks()
         CShmBench_add(&shared.pointee.switches, CShmBench_voluntary_switches() - switches)
         CShmBench_add(&shared.pointee.received, UInt64(count))
-        if p.scenario == Int32(CSHMBENCH_THROUGHPUT) {
+        // As driver.h: throughput from the first message to the stop mark; latency from the first
+        // intended send time to the last receipt.
+        if p.scenario == Int32(CSHMBENCH_THROUGHPUT) || latency {
             shared.pointee.first_ticks = first
-            shared.pointee.last_ticks = last
+            shared.pointee.last_ticks = latency ? lastReceived : last
         }
         if latency { shared.pointee.sample_count = UInt64(min(count, capacity)) }
         if errors > 0 { CShmBench_add(&shared.pointee.errors, errors) }
@@ -306,7 +319,7 @@ struct ShmRingRoles {
     func paced(_ producer: RingProducer) {
         let count = UInt64(Double(p.rate) * Double(p.duration_ns) / 1e9)
         let interval = p.ticks_per_ns * 1e9 / Double(p.rate)
-        let first = ticks() &+ UInt64(1000 * p.ticks_per_ns)
+        let first = ticks() &+ UInt64(1_000_000 * p.ticks_per_ns)  // 1 ms on, as driver.h
         for index in 0..<count {
             let intended = first &+ UInt64(Double(index) * interval)
             while ticks() < intended { CShmAtomics_pause() }
