@@ -116,9 +116,10 @@ enum BenchFormat {
 
     /// 1.23 M, 45.6 k, 789.
     static func count(_ value: Double) -> String {
-        if value >= 1e9 { return trimmed(value / 1e9) + "G" }
-        if value >= 1e6 { return trimmed(value / 1e6) + "M" }
-        if value >= 1e3 { return trimmed(value / 1e3) + "k" }
+        // (Thresholds just below each unit, so that 999 999.6 prints as 1M, not 1000k.)
+        if value >= 999_500_000 { return trimmed(value / 1e9) + "G" }
+        if value >= 999_500 { return trimmed(value / 1e6) + "M" }
+        if value >= 999.5 { return trimmed(value / 1e3) + "k" }
         return trimmed(value)
     }
 

@@ -155,7 +155,7 @@ struct BenchRunner {
         }
         let count = Int(min(s.sample_count, UInt64(capacity)))
         // rtt-* and fanout stop sampling at the capacity, before their duration ends.
-        result.capped = count == capacity && item.scenario != .latency
+        result.capped = capacity > 0 && count == capacity && item.scenario != .latency
         if count > 0 {
             var histogram = Histogram<UInt64>(
                 highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
@@ -231,14 +231,23 @@ struct BenchProcesses {
         return exited
     }
 
-    /// Kills what still runs (after a failure, with 100 ms of grace for the others to finish on
-    /// their own), reaps everything and closes the pidfds.
+    /// Stops what still runs (after a failure, with 100 ms of grace for the others to finish on
+    /// their own): SIGTERM, a second for a peer to leave its library's daemon in order (a role
+    /// killed inside iceoryx can freeze RouDi), then SIGKILL; reaps everything, closes the pidfds.
     mutating func end() {
         if running && failed { usleep(100_000) }
         _ = reap()
+        if running {
+            for index in pids.indices where statuses[index] == nil { kill(pids[index], SIGTERM) }
+            for _ in 0..<100 where running {
+                usleep(10_000)
+                _ = reap()
+            }
+        }
         for index in pids.indices where statuses[index] == nil { kill(pids[index], SIGKILL) }
         _ = reap(blocking: true)
         for fd in pidfds where fd >= 0 { close(fd) }
         pidfds = []
     }
+
 }
