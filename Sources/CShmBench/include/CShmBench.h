@@ -94,6 +94,7 @@ typedef struct CShmBench_params {
     int fds[CSHMBENCH_MAX_FDS];
     int fd_count;
     char name[64];      // a name unique to this run, for systems that name their objects
+    pid_t bench_pid;    // the bench that started this role: it dies with it
     CShmBench_shared *shared;
 } CShmBench_params;
 
@@ -197,8 +198,9 @@ CSHMBENCH_INLINE uint64_t CShmBench_voluntary_switches(void) {
 }
 
 /// Parses a role's arguments: `scenario=N role=N consumers=N cpu=N size=N batch=N duration_ns=N
-/// rate=N stall_ns=N ticks_per_ns=X use_tsc=0|1 shared_fd=N fds=N,N,... name=TEXT`, and maps the
-/// shared page. Returns 0, or -1 with a message on stderr.
+/// rate=N stall_ns=N ticks_per_ns=X use_tsc=0|1 shared_fd=N fds=N,N,... name=TEXT bench_pid=N`,
+/// maps the shared page, and ties the role's life to the bench's. Returns 0, or -1 with a message
+/// on stderr.
 static inline int CShmBench_parse(int argc, char **argv, CShmBench_params *p) {
     memset(p, 0, sizeof(*p));
     p->cpu = -1;
@@ -225,6 +227,7 @@ static inline int CShmBench_parse(int argc, char **argv, CShmBench_params *p) {
         else if (CSHMBENCH_KEY("use_tsc")) p->use_tsc = atoi(value);
         else if (CSHMBENCH_KEY("shared_fd")) p->shared_fd = atoi(value);
         else if (CSHMBENCH_KEY("name")) snprintf(p->name, sizeof(p->name), "%s", value);
+        else if (CSHMBENCH_KEY("bench_pid")) p->bench_pid = (pid_t)atoi(value);
         else if (CSHMBENCH_KEY("fds")) {
             const char *cursor = value;
             while (*cursor && p->fd_count < CSHMBENCH_MAX_FDS) {
@@ -246,20 +249,23 @@ static inline int CShmBench_parse(int argc, char **argv, CShmBench_params *p) {
         return -1;
     }
     p->shared = (CShmBench_shared *)memory;
+    // A role dies with the bench that started it (SIGKILL when its parent goes), so that none is
+    // left spinning on a CPU or blocked for ever; armed before any set-up, which can take seconds.
+    if (p->bench_pid > 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if (getppid() != p->bench_pid) _exit(1);  // the bench went before the signal was armed
+    }
     return 0;
 }
 
-/// Pins the role, says it is ready and waits for the start (60 s at most). A role dies with the
-/// bench that started it (SIGKILL when its parent goes), so that none is left spinning or blocked.
+/// Pins the role, says it is ready and waits for the start (60 s at most).
 static inline void CShmBench_ready(const CShmBench_params *p) {
-    pid_t parent = getppid();
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    if (getppid() != parent) _exit(1);  // the bench went before the signal was armed
     int rc = CShmBench_pin(p->cpu);
     if (rc != 0) CShmBench_fail(p->shared, "cannot pin to CPU %d: %s", p->cpu, strerror(-rc));
     CShmBench_add(&p->shared->ready, 1);
-    for (int waited = 0; CShmBench_load_acquire(&p->shared->go) == 0; waited++) {
-        if (waited == 1200000) CShmBench_fail(p->shared, "no start within 60 s");
+    uint64_t give_up = CShmBench_monotonic_ns() + 60000000000ull;
+    while (CShmBench_load_acquire(&p->shared->go) == 0) {
+        if (CShmBench_monotonic_ns() > give_up) CShmBench_fail(p->shared, "no start within 60 s");
         usleep(50);
     }
 }

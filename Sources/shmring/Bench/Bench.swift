@@ -14,7 +14,7 @@ struct Bench: ParsableCommand {
         discussion: """
             Each scenario runs ShmRing and its baselines as real processes pinned to two CPUs, in rounds: \
             every round runs each system once, in alternating order, and each ratio is taken within a \
-            round. Latencies come from the TSC, calibrated against CLOCK_MONOTONIC at start-up, in HDR \
+            round. Latencies come from the TSC, calibrated against CLOCK_MONOTONIC_RAW at start-up, in HDR \
             histograms; a percentile is shown only when at least 100 samples lie beyond it. The `latency` \
             scenario sends at fixed rates and measures from each message's intended send time, so a stall \
             or back-pressure counts as latency. Build in release for meaningful numbers.

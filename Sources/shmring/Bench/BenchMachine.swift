@@ -57,7 +57,7 @@ struct BenchMachine {
         let flags =
             cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") }.map { $0.split(separator: " ") } ?? []
         let invariant = flags.contains("constant_tsc") && flags.contains("nonstop_tsc")
-        // Two calibrations against CLOCK_MONOTONIC; the TSC is used when the CPU says it is
+        // Two calibrations against CLOCK_MONOTONIC_RAW; the TSC is used when the CPU says it is
         // invariant and both agree within 0.1 %.
         let first = CShmBench_calibrate(50_000_000)
         let second = CShmBench_calibrate(50_000_000)
@@ -89,7 +89,7 @@ struct BenchMachine {
     var clockLine: String {
         usesTSC
             ? "clock: TSC at \(BenchFormat.fixed(ticksPerNanosecond, 3)) GHz (clocksource \(clocksource)), "
-                + "two calibrations against CLOCK_MONOTONIC \(BenchFormat.percent(calibrationSpread)) apart"
+                + "two calibrations against CLOCK_MONOTONIC_RAW \(BenchFormat.percent(calibrationSpread)) apart"
             : "clock: CLOCK_MONOTONIC (about 20 ns a read), because \(tscNote)"
     }
 
@@ -129,10 +129,20 @@ final class BenchDaemons {
         for system in systems where system.isPeer {
             let path = directory + "/" + system.rawValue + ".daemon"
             guard access(path, X_OK) == 0 else { continue }
+            // Through setpriv --pdeathsig: the daemon gets SIGTERM when the bench dies, however.
+            let setpriv = "/usr/bin/setpriv"
+            let arguments = access(setpriv, X_OK) == 0 ? [setpriv, "--pdeathsig", "TERM", path] : [path]
             var pid: pid_t = 0
-            if BenchRunner.spawn(path, [path], [], &pid) == 0 {
-                pids.append(pid)
-                usleep(500_000)  // its socket and shared memory are up before the first run
+            guard BenchRunner.spawn(arguments[0], arguments, [], &pid) == 0 else {
+                printError("shmring: cannot start \(path); the runs of \(system.rawValue) will fail")
+                continue
+            }
+            pids.append(pid)
+            usleep(500_000)  // its socket and shared memory are up before the first run
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                pids.removeLast()
+                printError("shmring: \(path) exited at once; the runs of \(system.rawValue) will fail")
             }
         }
     }

@@ -66,7 +66,7 @@ struct BenchRunner {
         var common = [
             "scenario=\(item.scenario.code)", "consumers=\(item.consumers)", "size=\(item.size)", "batch=\(item.batch)",
             "duration_ns=\(durationNanoseconds)", "rate=\(item.rate ?? 0)", "ticks_per_ns=\(ticksPerNanosecond)",
-            "use_tsc=\(usesTSC ? 1 : 0)", "shared_fd=3", "name=\(name)",
+            "use_tsc=\(usesTSC ? 1 : 0)", "shared_fd=3", "name=\(name)", "bench_pid=\(getpid())",
         ]
         if item.scenario == .latency {
             let stallNanoseconds =
@@ -95,19 +95,22 @@ struct BenchRunner {
             usleep(200)
         }
         guard CShmBench_load_acquire(&shared.pointee.ready) == UInt64(roles) else {
-            return BenchOutcome(failure: failure(shared) ?? "its processes were not ready within 20 s")
+            if let text = failure(shared) { return BenchOutcome(failure: text) }
+            if let (role, status) = processes.firstFailure {
+                return BenchOutcome(failure: "role \(role) exited with status \(status) before the start")
+            }
+            return BenchOutcome(failure: "its processes were not ready within 20 s")
         }
         CShmBench_store_release(&shared.pointee.go, 1)
         // Asleep until a role exits (pidfds): nothing of the bench's own wakes the measured CPUs.
         let latencyRun = item.rate.map { Duration.seconds(Double(capacity) / Double($0)) } ?? .zero
         let endBy = ContinuousClock.now + duration + latencyRun + .seconds(20)
-        while processes.running {
+        // Until all have exited, or one failed (the others may wait for it for ever).
+        while processes.running && !processes.failed {
             let left = endBy - ContinuousClock.now
             if left <= .zero { return BenchOutcome(failure: failure(shared) ?? "timed out") }
             processes.waitForAnExit(at: left)
             _ = processes.reap()
-            // A role that failed: the others may wait for it for ever.
-            if processes.failed { break }
         }
         if let text = failure(shared) { return BenchOutcome(failure: text) }
         if let (role, status) = processes.firstFailure {
@@ -198,7 +201,8 @@ struct BenchProcesses {
 
     var running: Bool { statuses.contains { $0 == nil } }
     var failed: Bool { statuses.contains { $0 != nil && $0 != 0 } }
-    var firstFailure: (Int, Int32)? { statuses.firstIndex { $0 != 0 }.map { ($0, statuses[$0] ?? -1) } }
+    /// The first role that exited with a status other than 0 (one still running is not counted).
+    var firstFailure: (Int, Int32)? { statuses.firstIndex { ($0 ?? 0) != 0 }.map { ($0, statuses[$0] ?? -1) } }
 
     /// Sleeps until a running role exits or `timeout` passes (at most a minute).
     func waitForAnExit(at timeout: Duration) {
@@ -231,19 +235,11 @@ struct BenchProcesses {
         return exited
     }
 
-    /// Stops what still runs (after a failure, with 100 ms of grace for the others to finish on
-    /// their own): SIGTERM, a second for a peer to leave its library's daemon in order (a role
-    /// killed inside iceoryx can freeze RouDi), then SIGKILL; reaps everything, closes the pidfds.
+    /// Kills what still runs (after a failure, with 100 ms of grace for the others to finish on
+    /// their own), reaps everything and closes the pidfds.
     mutating func end() {
         if running && failed { usleep(100_000) }
         _ = reap()
-        if running {
-            for index in pids.indices where statuses[index] == nil { kill(pids[index], SIGTERM) }
-            for _ in 0..<100 where running {
-                usleep(10_000)
-                _ = reap()
-            }
-        }
         for index in pids.indices where statuses[index] == nil { kill(pids[index], SIGKILL) }
         _ = reap(blocking: true)
         for fd in pidfds where fd >= 0 { close(fd) }

@@ -8,9 +8,9 @@ import Glibc
 
 /// ShmRing's roles in `shmring bench`: the steps of the C driver (Sources/CShmBench/driver.h,
 /// which every other system runs), with ShmRing's API as a user would call it. A 1 MiB ring
-/// (alignment 16, as c-twin); messages are copied in with `publish` and read in place by `poll`.
-/// Consumers busy-spin in `throughput` and `rtt-spin`, and sleep in `wait` in `rtt-block`,
-/// `fanout` and `latency`.
+/// (alignment 16, as c-twin); messages are copied in with `publish`, and `poll`'s handler copies
+/// each out, as the C consumers do. Consumers busy-spin in `throughput` and `rtt-spin`, sleep in
+/// `wait` in `rtt-block` and `fanout`, and idle with `IdleStrategy.block()` in `latency`.
 struct ShmRingRoles {
     let p: CShmBench_params
     let shared: UnsafeMutablePointer<CShmBench_shared>
