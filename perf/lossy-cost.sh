@@ -11,8 +11,8 @@ rounds=${1:-7}
 messages=${2:-20000000}
 mkdir -p perf/results/bin
 include=Sources/CShmAtomics/include
-gcc -O2 -march=native -I"$include" -o perf/results/bin/twin perf/c/twin.c
-gcc -O2 -march=native -I"$include" -DTWIN_NO_LOSSY_INDEX -o perf/results/bin/twin-no-lossy-index perf/c/twin.c
+gcc -O2 -march=native -I"$include" -ISources/CShmBench -o perf/results/bin/twin perf/c/twin.c
+gcc -O2 -march=native -I"$include" -ISources/CShmBench -DTWIN_NO_LOSSY_INDEX -o perf/results/bin/twin-no-lossy-index perf/c/twin.c
 bin=perf/results/bin
 field() { sed -n "s/.*$1=\([0-9]*\).*/\1/p"; }
 out="perf/results/lossy-cost-$(date +%Y%m%d-%H%M%S).txt"

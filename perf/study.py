@@ -78,7 +78,8 @@ def build(names):
     for name in set(names) | {"line", "slots", "slots-batched", "tachyon-style", "commit"}:
         source, flags = VARIANTS[name]
         # -O2 as the reference floors are built (-march=native made the slot rings slower here).
-        command = ["gcc", "-O2", "-Wall", "-Wextra", "-I" + include, "-o", os.path.join(BIN, name),
+        command = ["gcc", "-O2", "-Wall", "-Wextra", "-I" + include, "-I" + os.path.join(ROOT, "Sources/CShmBench"),
+                   "-o", os.path.join(BIN, name),
                    os.path.join(ROOT, "perf/c", source), f'-DRING_NAME="{name}"'] + flags
         subprocess.run(command, check=True)
 

@@ -85,7 +85,7 @@ enum BenchReport {
         var runs: [String] = []
         for row in results.rows {
             var fields: [(String, String)] = [
-                ("system", quoted(row.item.system.rawValue)), ("scenario", quoted(row.item.scenario.rawValue)),
+                ("system", jsonString(row.item.system.rawValue)), ("scenario", jsonString(row.item.scenario.rawValue)),
                 ("message_bytes", "\(row.item.size)"), ("consumers", "\(row.item.consumers)"),
             ]
             if let rate = row.item.rate { fields.append(("rate", "\(rate)")) }
@@ -115,16 +115,16 @@ enum BenchReport {
                     ))
             }
             fields.append(("rounds", "\(row.succeeded)"))
-            if let failure = row.failure { fields.append(("failure", quoted(failure))) }
+            if let failure = row.failure { fields.append(("failure", jsonString(failure))) }
             runs.append(object(fields))
         }
         let machineFields: [(String, String)] = [
-            ("cpu", quoted(machine.cpu)), ("cores", "\(machine.cores)"), ("kernel", quoted(machine.kernel)),
-            ("swift", quoted(machine.swift)), ("placement", quoted(machine.placementBefore.0)),
-            ("placement_after", quoted(machine.placementAfter.0)),
+            ("cpu", jsonString(machine.cpu)), ("cores", "\(machine.cores)"), ("kernel", jsonString(machine.kernel)),
+            ("swift", jsonString(machine.swift)), ("placement", jsonString(machine.placementBefore.0)),
+            ("placement_after", jsonString(machine.placementAfter.0)),
             ("placement_rtt_ns", "[\(machine.placementBefore.1), \(machine.placementAfter.1)]"),
-            ("clocksource", quoted(machine.clocksource)),
-            ("timestamps", quoted(machine.usesTSC ? "tsc" : "clock_monotonic")),
+            ("clocksource", jsonString(machine.clocksource)),
+            ("timestamps", jsonString(machine.usesTSC ? "tsc" : "clock_monotonic")),
             ("tsc_ghz", number(machine.ticksPerNanosecond, digits: 4)),
         ]
         let settingsFields: [(String, String)] = [
@@ -136,28 +136,11 @@ enum BenchReport {
     }
 
     static func object(_ fields: [(String, String)]) -> String {
-        "{" + fields.map { "\(quoted($0.0)): \($0.1)" }.joined(separator: ", ") + "}"
+        "{" + fields.map { "\(jsonString($0.0)): \($0.1)" }.joined(separator: ", ") + "}"
     }
 
     static func number(_ value: Double, digits: Int = 0) -> String {
         value.isFinite ? BenchFormat.fixed(value, digits) : "null"
-    }
-
-    static func quoted(_ text: String) -> String {
-        var result = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": result += "\\\""
-            case "\\": result += "\\\\"
-            case "\n": result += "\\n"
-            case _ where scalar.value < 0x20:
-                result +=
-                    "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count)
-                    + String(scalar.value, radix: 16)
-            default: result.unicodeScalars.append(scalar)
-            }
-        }
-        return result + "\""
     }
 
     // MARK: SVG
