@@ -149,6 +149,9 @@ double CShmBench_calibrate(uint64_t window_ns) {
     return ns[1] > ns[0] ? (double)(tsc[1] - tsc[0]) / (double)(ns[1] - ns[0]) : 0;
 }
 
+// The placement probe: `ping` (the caller's release store, the echo's acquire load) and `pong`
+// (the reverse) carry the round number; `pinned` goes to -1 with release when either side could
+// not pin, and both sides' acquire loads of it end the probe.
 typedef struct {
     uint64_t ping, pad0[15], pong, pad1[15];
     int cpu, rounds, pinned;

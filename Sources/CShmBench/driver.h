@@ -52,8 +52,7 @@ int BENCH_CAT(CShmBench_run_, BENCH_TRANSPORT)(const CShmBench_params *p) {
     CShmBench_shared *shared = p->shared;
     memset(message, 7, sizeof(message));
     if (BENCH_F(_open)(&context, p) != 0) return 1;
-    int sampling = (p->role == 0 && p->scenario != CSHMBENCH_THROUGHPUT && p->scenario != CSHMBENCH_LATENCY)
-                   || (p->role == 1 && p->scenario == CSHMBENCH_LATENCY);
+    int sampling = CShmBench_samples_here(p);
     if (sampling) CShmBench_prefault(shared);
     uint64_t *samples = CShmBench_samples(shared);
     uint64_t capacity = shared->sample_capacity;
@@ -63,7 +62,7 @@ int BENCH_CAT(CShmBench_run_, BENCH_TRANSPORT)(const CShmBench_params *p) {
     uint64_t deadline = bench_deadline(p, start, p->duration_ns);
     if (p->role != 0) {
         // A consumer (throughput, latency, fanout) or the echoing side of a round trip.
-        int echo = p->scenario == CSHMBENCH_RTT_SPIN || p->scenario == CSHMBENCH_RTT_BLOCK;
+        int echo = CShmBench_round_trip(p);
         uint64_t switches = CShmBench_voluntary_switches();
         uint64_t expected = 1, count = 0, errors = 0, first = 0, last_received = 0;
         for (;;) {
@@ -185,6 +184,7 @@ int BENCH_CAT(CShmBench_run_, BENCH_TRANSPORT)(const CShmBench_params *p) {
             BENCH_F(_send)(&context, message, p->size);
             BENCH_F(_flush)(&context);
             probes++;
+            // Acquire: pairs with each consumer's add to `acks` (CShmBench.h).
             while (CShmBench_load_acquire(&shared->acks) < probes * consumers) CShmBench_pause();
             uint64_t now = CShmBench_ticks(tsc);
             if (probes == 1) {

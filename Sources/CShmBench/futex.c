@@ -31,7 +31,7 @@ static inline void futex_send(futex_ctx *context, const uint8_t *message, uint32
     (void)size;
     uint64_t word;
     memcpy(&word, message, 8);
-    __atomic_store_n(&context->transmit->value, word, __ATOMIC_RELAXED);
+    __atomic_store_n(&context->transmit->value, word, __ATOMIC_RELAXED);  // published by the release below
     // Release: the value before the futex word; pairs with the receiver's acquire.
     __atomic_store_n(&context->transmit->futex, ++context->sent, __ATOMIC_RELEASE);
     syscall(SYS_futex, &context->transmit->futex, FUTEX_WAKE, 1, NULL, NULL, 0);
@@ -47,7 +47,7 @@ static inline void futex_recv(futex_ctx *context, uint8_t *message, uint32_t siz
     while ((now = __atomic_load_n(&context->receive->futex, __ATOMIC_ACQUIRE)) == context->seen)
         syscall(SYS_futex, &context->receive->futex, FUTEX_WAIT, context->seen, NULL, NULL, 0);
     context->seen = now;
-    uint64_t word = __atomic_load_n(&context->receive->value, __ATOMIC_RELAXED);
+    uint64_t word = __atomic_load_n(&context->receive->value, __ATOMIC_RELAXED);  // ordered by the acquire
     memcpy(message, &word, 8);
 }
 

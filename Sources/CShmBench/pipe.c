@@ -13,8 +13,7 @@ typedef struct {
 static int pipe_open(pipe_ctx *context, const CShmBench_params *p) {
     memset(context, 0, sizeof(*context));
     context->p = p;
-    int rtt = p->scenario == CSHMBENCH_RTT_SPIN || p->scenario == CSHMBENCH_RTT_BLOCK;
-    if (rtt) {  // [r0, w0, r1, w1]: 0 carries role 0 -> role 1
+    if (CShmBench_round_trip(p)) {  // [r0, w0, r1, w1]: 0 carries role 0 -> role 1
         context->transmit[0] = p->fds[p->role == 0 ? 1 : 3];
         context->transmit_count = 1;
         bench_reader_open(&context->receive, p->fds[p->role == 0 ? 2 : 0]);

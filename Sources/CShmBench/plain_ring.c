@@ -47,6 +47,8 @@ static int plain_ring_open(plain_ring_ctx *context, const CShmBench_params *p) {
 
 static inline void plain_ring_send(plain_ring_ctx *context, const uint8_t *message, uint32_t size) {
     while (context->head - context->tail_cache >= PLAIN_RING_SLOTS) {
+        // A batch's head goes out before waiting (release, as in send): the consumer must see what
+        // it is to read before it can free space.
         if (context->batched) __atomic_store_n(&context->transmit_indices->head, context->head, __ATOMIC_RELEASE);
         // Acquire: pairs with the consumer's release of its tail (the slot's bytes were read).
         context->tail_cache = __atomic_load_n(&context->transmit_indices->tail, __ATOMIC_ACQUIRE);
@@ -59,6 +61,7 @@ static inline void plain_ring_send(plain_ring_ctx *context, const uint8_t *messa
 }
 
 static inline void plain_ring_flush(plain_ring_ctx *context) {
+    // Release: the batch's slots before the head, as in send.
     if (context->batched) __atomic_store_n(&context->transmit_indices->head, context->head, __ATOMIC_RELEASE);
 }
 

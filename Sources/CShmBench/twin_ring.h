@@ -66,6 +66,9 @@ static inline uint64_t twin_record_size(const twin_ring *r, uint64_t length) {
 
 static uint64_t twin_gating_minimum(twin_ring *r) {
     CShmRing_slot *s = r->slot;
+    // As ShmRing's scanner: generation (acquire) and active (seq_cst, the partner of the joiner's
+    // seq_cst store of `active`, here twin_slot_activate's) say whether the slot gates; the
+    // cursor's acquire pairs with twin_publish_cursor's release.
     uint64_t generation = __atomic_load_n(&s->generation, __ATOMIC_ACQUIRE);
     uint64_t active = __atomic_load_n(&s->active, __ATOMIC_SEQ_CST);
     if (generation == 0 || active != generation || __atomic_load_n(&s->policy, __ATOMIC_RELAXED) != 1) return r->position;
@@ -74,7 +77,8 @@ static uint64_t twin_gating_minimum(twin_ring *r) {
 }
 
 __attribute__((noinline)) static int twin_make_room(twin_ring *r, uint64_t end) {
-    // As ShmRing's GatingScanner: seq_cst fence, scan, publish the limit, scan again.
+    // As ShmRing's GatingScanner: seq_cst fence, scan, publish the limit (seq_cst: ShmRing's joiner
+    // reads it after its seq_cst store of `active`, so one of them sees the other), scan again.
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     uint64_t first = twin_gating_minimum(r);
     __atomic_store_n(&twin_header(r)->producer.limit, first + TWIN_CAPACITY, __ATOMIC_SEQ_CST);
@@ -87,6 +91,7 @@ __attribute__((noinline)) static int twin_make_room(twin_ring *r, uint64_t end) 
     r->rescan_at = (int64_t)(watermark - r->position) > 0 ? watermark : limit;
     if ((int64_t)(end - limit) <= 0) return 1;
     CShmRing_counters *counters = &twin_header(r)->counters;
+    // Relaxed: a statistic (only the producer writes it).
     __atomic_store_n(&counters->back_pressure_events, counters->back_pressure_events + 1, __ATOMIC_RELAXED);
     return 0;
 }
@@ -97,6 +102,9 @@ static inline void twin_publish_tail(twin_ring *r) {
     uint64_t version = r->tail_version + 2;
     r->tail_version = version;
     CShmRing_producer *p = &twin_header(r)->producer;
+    // ShmRing's tail seqlock, for its observers and lossy readers (the twin has neither: these
+    // stores are its cost): odd version, release fence, the fields, the even version with release,
+    // which pairs with a reader's acquire of the version. The counters are relaxed statistics.
     __atomic_store_n(&p->tail_version, version - 1, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     __atomic_store_n(&p->tail, r->position, __ATOMIC_RELAXED);
@@ -111,6 +119,7 @@ __attribute__((noinline)) static void twin_record_boundary(twin_ring *r, uint64_
                                                            uint64_t section) {
     r->last_section = section;
     CShmRing_boundary *b = &twin_header(r)->boundaries[section & 15];
+    // A seqlock as the tail's (same partners: lossy readers' acquire of the version).
     uint64_t version = __atomic_load_n(&b->version, __ATOMIC_RELAXED) | 1;
     __atomic_store_n(&b->version, version, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
@@ -156,6 +165,7 @@ static inline int twin_publish(twin_ring *r, const uint8_t *bytes, uint32_t leng
     if (length & 7) __atomic_store_n((uint64_t *)(base + CSHMRING_RECORD_HEADER + (length & ~7u)), 0, __ATOMIC_RELAXED);
     TWIN_COPY(base + CSHMRING_RECORD_HEADER, bytes, length);
     CShmRing_record *record = (CShmRing_record *)base;
+    // Relaxed, as the payload: ordered before the reader by the commit word's release below.
     __atomic_store_n((uint64_t *)&record->length, CShmRing_header_word(length, 0), __ATOMIC_RELAXED);
     uint64_t word = CShmRing_record_word(r->sequence, r->salt, length, 0);
     if (!r->batched) {
@@ -188,6 +198,7 @@ static inline const char *twin_next(twin_ring *r, uint32_t *length) {
         char *base = r->data + offset;
         // Acquire: pairs with the commit word's release (or the batch's first).
         uint64_t rest = __atomic_load_n((uint64_t *)base, __ATOMIC_ACQUIRE) ^ CShmRing_sequence_mix(r->c_sequence ^ r->salt);
+        // Relaxed: after the acquire above, which orders it.
         uint64_t header = __atomic_load_n((uint64_t *)&((CShmRing_record *)base)->length, __ATOMIC_RELAXED);
         *length = (uint32_t)header;
         if (rest != CShmRing_header_shape(header)) {

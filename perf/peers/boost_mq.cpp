@@ -33,7 +33,7 @@ static void boost_mq_cleanup(void) {
 static int boost_mq_open(boost_mq_ctx *context, const CShmBench_params *p) {
     peer_check_scenario(p, "boost-mq");
     context->p = p;
-    int count = peer_round_trip(p) ? 2 : 1;  // queue 0 carries role 0 -> role 1, queue 1 the echo
+    int count = CShmBench_round_trip(p) ? 2 : 1;  // queue 0 carries role 0 -> role 1, queue 1 the echo
     for (int index = 0; index < count; index++) {
         boost_mq_names[index] = peer_name(p, index == 0 ? "-boost-mq-0to1" : "-boost-mq-1to0");
         const char *name = boost_mq_names[index].c_str();

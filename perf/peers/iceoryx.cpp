@@ -133,7 +133,7 @@ static int iceoryx_open(iceoryx_ctx *context, const CShmBench_params *p) {
     iox::runtime::PoshRuntime::initRuntime(iox::RuntimeName_t(iox::cxx::TruncateToCapacity, iceoryx_runtime.c_str()));
     iceoryx_watch("making the publisher and subscriber ports");
 
-    bool transmits = p->role == 0 || peer_round_trip(p), receives = p->role == 1 || peer_round_trip(p);
+    bool transmits = p->role == 0 || CShmBench_round_trip(p), receives = p->role == 1 || CShmBench_round_trip(p);
     if (transmits) {
         iox::popo::PublisherOptions options;
         options.historyCapacity = 0;

@@ -29,10 +29,6 @@ static void (*peer_cleanup)(void);
     _exit(1);  // not reached
 }
 
-static inline bool peer_round_trip(const CShmBench_params *p) {
-    return p->scenario == CSHMBENCH_RTT_SPIN || p->scenario == CSHMBENCH_RTT_BLOCK;
-}
-
 /// The scenarios every peer runs (one consumer): throughput, rtt-block and latency. rtt-spin and
 /// fanout are ShmRing's and the C baselines' business; a peer refuses them with a failure.
 static inline void peer_check_scenario(const CShmBench_params *p, const char *system) {

@@ -129,7 +129,7 @@ static int qt_shm_open(qt_shm_ctx *context, const CShmBench_params *p) {
     memset(context, 0, sizeof(*context));
     context->p = p;
     qt_shm_context = context;
-    int rings = peer_round_trip(p) ? 2 : 1;  // ring 0 carries role 0 -> role 1, ring 1 the echo
+    int rings = CShmBench_round_trip(p) ? 2 : 1;  // ring 0 carries role 0 -> role 1, ring 1 the echo
     uint64_t slot_bytes = (p->size + 63u) & ~63u, ring_bytes = qt_shm_slots * slot_bytes;
     qsizetype bytes = (qsizetype)(4096 + rings * ring_bytes);
     qt_shm_memory.reset(new QSharedMemory(qt_shm_key(p, "-qt-shm")));

@@ -53,7 +53,10 @@ typedef char CShmBench_enough_descriptors[CSHMBENCH_MAX_FDS >= 2 * CSHMBENCH_MAX
 
 /// The page that the spawning command and every role of one run share (a memfd, the role's
 /// descriptor `shared_fd`). Start: each role adds 1 to `ready` once it is set up and spins until
-/// `go` is 1. Results: written by the roles, read by the command after they have exited.
+/// `go` is 1. Results: written by the roles with plain stores (or atomic adds where several roles
+/// add), read by the command after it has reaped them: a process's exit orders its stores before
+/// the waitpid that sees it. The command reads what it finds as untrusted: a role may have died
+/// half-way, and a peer program is not ours.
 typedef struct CShmBench_shared {
     uint64_t ready;  // roles set up (atomic add)
     uint64_t go;     // set to 1 by the command once every role is ready
@@ -139,11 +142,28 @@ CSHMBENCH_INLINE void CShmBench_copy(void *to, const void *from, uint32_t size) 
     }
 }
 
+// The shared page's atomics. Their pairs: a role's add to `ready` (acq_rel: its set-up before
+// it) with the command's acquire load of `ready`; the command's release store of `go` with each
+// role's acquire load of it (the sample capacity and everything else the command wrote before);
+// a fanout consumer's add to `acks` (acq_rel: the probe's receipt before it) with the producer's
+// acquire load of `acks`; CShmBench_fail's release of `failed` with the command's acquire load.
 CSHMBENCH_INLINE uint64_t CShmBench_load_acquire(const uint64_t *word) { return __atomic_load_n(word, __ATOMIC_ACQUIRE); }
 CSHMBENCH_INLINE void CShmBench_store_release(uint64_t *word, uint64_t value) {
     __atomic_store_n(word, value, __ATOMIC_RELEASE);
 }
 CSHMBENCH_INLINE void CShmBench_add(uint64_t *word, uint64_t value) { __atomic_fetch_add(word, value, __ATOMIC_ACQ_REL); }
+
+/// Whether the run is a round trip (one ring, pipe or queue per direction).
+CSHMBENCH_INLINE int CShmBench_round_trip(const CShmBench_params *p) {
+    return p->scenario == CSHMBENCH_RTT_SPIN || p->scenario == CSHMBENCH_RTT_BLOCK;
+}
+
+/// Whether this role takes the run's samples: the pinger of a round trip, fanout's producer (the
+/// time until every consumer has a probe), latency's consumer.
+CSHMBENCH_INLINE int CShmBench_samples_here(const CShmBench_params *p) {
+    if (p->scenario == CSHMBENCH_LATENCY) return p->role == 1;
+    return p->role == 0 && p->scenario != CSHMBENCH_THROUGHPUT;
+}
 
 /// Records a failure (the first one wins) for the command to print, and leaves with status 1.
 static inline void CShmBench_fail(CShmBench_shared *shared, const char *format, ...) {
@@ -249,6 +269,13 @@ static inline int CShmBench_parse(int argc, char **argv, CShmBench_params *p) {
         return -1;
     }
     p->shared = (CShmBench_shared *)memory;
+    // The sample space must lie inside the page (the command sized both; this is its check).
+    if ((uint64_t)bytes < CSHMBENCH_SAMPLES_OFFSET
+        || p->shared->sample_capacity > ((uint64_t)bytes - CSHMBENCH_SAMPLES_OFFSET) / 8) {
+        fprintf(stderr, "bench role: the shared page (%lld bytes) is too small for its %llu samples\n", (long long)bytes,
+                (unsigned long long)p->shared->sample_capacity);
+        return -1;
+    }
     // A role dies with the bench that started it (SIGKILL when its parent goes), so that none is
     // left spinning on a CPU or blocked for ever; armed before any set-up, which can take seconds.
     if (p->bench_pid > 0) {

@@ -224,11 +224,11 @@ struct Bench: ParsableCommand {
         let daemons = BenchDaemons(directory: peersDirectory, systems: chosenSystems)
         defer { daemons.stop() }
         var runner = BenchRunner(
-            duration: .nanoseconds(Int64(duration.nanoseconds)), cpus: chosenCPUs,
+            durationNanoseconds: duration.nanoseconds, cpus: chosenCPUs,
             ticksPerNanosecond: machine.ticksPerNanosecond, usesTSC: machine.usesTSC,
-            stall: .milliseconds(stallMs), peersDirectory: peersDirectory)
+            stallNanoseconds: UInt64(stallMs) * 1_000_000, peersDirectory: peersDirectory)
         var results = BenchResults(groups: groups, rounds: rounds)
-        let progress = BenchProgress(total: total)
+        var progress = BenchProgress(total: total)
         for round in 0..<rounds {
             for group in groups {
                 // Alternating order: whatever drifts during a group weighs on both sides of a ratio.
@@ -288,13 +288,12 @@ struct BenchDuration: ExpressibleByArgument, CustomStringConvertible {
 struct BenchProgress {
     let total: Int
     let terminal = isatty(2) == 1
-    final class Count { var value = 0 }
-    let count = Count()
+    var count = 0
 
-    func show(_ text: String) {
-        count.value += 1
+    mutating func show(_ text: String) {
+        count += 1
         guard terminal else { return }
-        printError("\r\u{1B}[K[\(count.value)/\(total)] \(text)", newline: false)
+        printError("\r\u{1B}[K[\(count)/\(total)] \(text)", newline: false)
     }
 
     func finish() {

@@ -3,7 +3,7 @@ import Histogram
 
 /// What `shmring bench` measures: scenarios, systems, and which system runs which scenario
 /// (docs/benchmarking.md).
-enum BenchScenario: String, CaseIterable, Comparable {
+enum BenchScenario: String, CaseIterable {
     case throughput
     case rttSpin = "rtt-spin"
     case rttBlock = "rtt-block"
@@ -23,8 +23,6 @@ enum BenchScenario: String, CaseIterable, Comparable {
     /// Scenarios whose samples wait for an answer before the next message (a round trip, or every
     /// consumer's acknowledgement): their load follows the system, and the table says so.
     var closedLoop: Bool { self != .throughput && self != .latency }
-
-    static func < (a: Self, b: Self) -> Bool { allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)! }
 }
 
 enum BenchSystem: String, CaseIterable {

@@ -8,9 +8,8 @@ import Glibc
 /// The table, the JSON and the percentile plot of a bench.
 enum BenchReport {
     static func table(_ results: BenchResults) -> String {
-        let header = [
-            "system", "scenario", "msgs/s", "p50", "p90", "p99", "p99.9", "p99.99", "max", "shmring ×", "notes",
-        ]
+        let header =
+            ["system", "scenario", "msgs/s"] + BenchFormat.percentiles.map(\.label) + ["max", "shmring ×", "notes"]
         var lines: [[String]] = [header]
         for row in results.rows {
             var cells = [row.item.system.rawValue, row.item.label]

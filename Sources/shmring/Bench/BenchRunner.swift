@@ -9,17 +9,13 @@ import Glibc
 /// spawned (this executable's `bench-role`, or a program of perf/peers), pinned, and started at
 /// once; the results are read from the shared page once the roles have exited.
 struct BenchRunner {
-    var duration: Duration
+    var durationNanoseconds: UInt64
     var cpus: (Int32, Int32)
     var ticksPerNanosecond: Double
     var usesTSC: Bool
-    var stall: Duration = .zero
+    var stallNanoseconds: UInt64 = 0
     var peersDirectory: String
     var counter = 0
-
-    var durationNanoseconds: UInt64 {
-        UInt64(duration.components.seconds) * 1_000_000_000 + UInt64(duration.components.attoseconds / 1_000_000_000)
-    }
 
     /// How many samples a run can take at most.
     func sampleCapacity(_ item: BenchCase) -> Int {
@@ -68,11 +64,7 @@ struct BenchRunner {
             "duration_ns=\(durationNanoseconds)", "rate=\(item.rate ?? 0)", "ticks_per_ns=\(ticksPerNanosecond)",
             "use_tsc=\(usesTSC ? 1 : 0)", "shared_fd=3", "name=\(name)", "bench_pid=\(getpid())",
         ]
-        if item.scenario == .latency {
-            let stallNanoseconds =
-                stall.components.seconds * 1_000_000_000 + stall.components.attoseconds / 1_000_000_000
-            common.append("stall_ns=\(stallNanoseconds)")
-        }
+        if item.scenario == .latency { common.append("stall_ns=\(stallNanoseconds)") }
         if objectCount > 0 {
             common.append("fds=" + (0..<Int(objectCount)).map { String(4 + $0) }.joined(separator: ","))
         }
@@ -103,8 +95,9 @@ struct BenchRunner {
         }
         CShmBench_store_release(&shared.pointee.go, 1)
         // Asleep until a role exits (pidfds): nothing of the bench's own wakes the measured CPUs.
-        let latencyRun = item.rate.map { Duration.seconds(Double(capacity) / Double($0)) } ?? .zero
-        let endBy = ContinuousClock.now + duration + latencyRun + .seconds(20)
+        // (A latency run may take twice its duration: a system that falls behind drains its backlog.)
+        let limit = durationNanoseconds * (item.scenario == .latency ? 2 : 1)
+        let endBy = ContinuousClock.now + .nanoseconds(Int64(limit)) + .seconds(20)
         // Until all have exited, or one failed (the others may wait for it for ever).
         while processes.running && !processes.failed {
             let left = endBy - ContinuousClock.now
@@ -119,10 +112,12 @@ struct BenchRunner {
         return outcome(item, shared, capacity: capacity)
     }
 
+    /// A role's failure message: up to its first NUL, within the field (a role is not trusted to
+    /// have ended it). Acquire: pairs with CShmBench_fail's release of `failed`.
     func failure(_ shared: UnsafeMutablePointer<CShmBench_shared>) -> String? {
         guard CShmBench_load_acquire(&shared.pointee.failed) == 1 else { return nil }
-        return withUnsafeBytes(of: shared.pointee.failure) {
-            String(cString: $0.bindMemory(to: CChar.self).baseAddress!)
+        return withUnsafeBytes(of: shared.pointee.failure) { bytes in
+            String(decoding: bytes.prefix { $0 != 0 }, as: UTF8.self)
         }
     }
 
@@ -138,12 +133,14 @@ struct BenchRunner {
             }
             result.messagesPerSecond = Double(s.received) / seconds(s.last_ticks - s.first_ticks)
         case .fanout:
-            guard s.received == s.sent * UInt64(item.consumers), s.last_ticks > s.first_ticks else {
+            // (Counts from the page are not trusted: an overflowing product is a mismatch, not a trap.)
+            let (expected, overflow) = s.sent.multipliedReportingOverflow(by: UInt64(item.consumers))
+            guard !overflow, s.received == expected, s.last_ticks > s.first_ticks else {
                 return BenchOutcome(
                     failure: "sent \(s.sent) messages to \(item.consumers) consumers, \(s.received) arrived")
             }
             result.deliveriesPerSecond = Double(s.received) / seconds(s.last_ticks - s.first_ticks)
-            result.sleptShare = min(1, Double(s.switches) / Double(max(1, s.received + s.acks)))
+            result.sleptShare = min(1, Double(s.switches) / Double(max(1, s.received &+ s.acks)))
         case .latency:
             guard s.received == s.sent else {
                 return BenchOutcome(failure: "sent \(s.sent) messages, \(s.received) arrived")
@@ -160,12 +157,13 @@ struct BenchRunner {
         // rtt-* and fanout stop sampling at the capacity, before their duration ends.
         result.capped = capacity > 0 && count == capacity && item.scenario != .latency
         if count > 0 {
-            var histogram = Histogram<UInt64>(
-                highestTrackableValue: 3_600_000_000_000, numberOfSignificantValueDigits: .three)
+            let highest: UInt64 = 3_600_000_000_000  // an hour: beyond it, a sample is recorded as an hour
+            var histogram = Histogram<UInt64>(highestTrackableValue: highest, numberOfSignificantValueDigits: .three)
             let samples = CShmBench_samples(shared)!
             let scale = 1 / ticksPerNanosecond
             for index in 0..<count {
-                _ = histogram.record(UInt64((Double(samples[index]) * scale).rounded()))
+                let nanoseconds = (Double(samples[index]) * scale).rounded()
+                _ = histogram.record(nanoseconds < Double(highest) ? UInt64(nanoseconds) : highest)
             }
             result.latencies = histogram
         }

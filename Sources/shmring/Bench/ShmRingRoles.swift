@@ -33,7 +33,6 @@ struct ShmRingRoles {
     }
 
     var size: Int { Int(p.size) }
-    var echoes: Bool { p.scenario == Int32(CSHMBENCH_RTT_SPIN) || p.scenario == Int32(CSHMBENCH_RTT_BLOCK) }
     /// Consumers that sleep in `wait` rather than spin.
     var sleeps: Bool { p.scenario != Int32(CSHMBENCH_THROUGHPUT) && p.scenario != Int32(CSHMBENCH_RTT_SPIN) }
     var name: String { withUnsafeBytes(of: p.name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) } }
@@ -133,7 +132,7 @@ struct ShmRingRoles {
 
     func run() -> Int32 {
         let key = name
-        let rtt = echoes
+        let rtt = withUnsafePointer(to: p) { CShmBench_round_trip($0) } != 0
         // Set up: the producer of each direction creates its ring, then attaches to the other's.
         var producer: RingProducer?
         var consumer: RingConsumer?
@@ -147,10 +146,7 @@ struct ShmRingRoles {
         } else {
             consumer = attach(key)
         }
-        let sampling =
-            (p.role == 0 && p.scenario != Int32(CSHMBENCH_THROUGHPUT) && p.scenario != Int32(CSHMBENCH_LATENCY))
-            || (p.role == 1 && p.scenario == Int32(CSHMBENCH_LATENCY))
-        if sampling { CShmBench_prefault(shared) }
+        if withUnsafePointer(to: p, { CShmBench_samples_here($0) }) != 0 { CShmBench_prefault(shared) }
         // The block strategy's spin budget is calibrated at its first use: here, not in a run.
         if sleeps { _ = IdleStrategy.calibratedSpins }
         withUnsafePointer(to: p) { CShmBench_ready($0) }
@@ -354,6 +350,7 @@ struct ShmRingRoles {
             setWord(0, Self.probe | sequence)
             send(producer)
             probes += 1
+            // Acquire: pairs with each consumer's add to `acks` (CShmBench.h).
             while CShmBench_load_acquire(&shared.pointee.acks) < probes * consumers { CShmAtomics_pause() }
             let now = ticks()
             if probes == 1 {
